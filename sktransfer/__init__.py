@@ -1,0 +1,29 @@
+"""sktransfer: transfer learning for images, the scikit-learn way."""
+
+from ._backbones import (
+    Backbone,
+    BackboneSpec,
+    Preprocessing,
+    get_backbone_spec,
+    list_backbones,
+    load_backbone,
+)
+from ._featurizer import PretrainedFeaturizer
+from ._images import ImageFailure, InvalidImageError
+from ._weights import WeightsIntegrityError, WeightsNotFoundError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backbone",
+    "BackboneSpec",
+    "ImageFailure",
+    "InvalidImageError",
+    "Preprocessing",
+    "PretrainedFeaturizer",
+    "WeightsIntegrityError",
+    "WeightsNotFoundError",
+    "get_backbone_spec",
+    "list_backbones",
+    "load_backbone",
+]

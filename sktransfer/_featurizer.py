@@ -1,0 +1,236 @@
+"""PretrainedFeaturizer: a frozen pretrained backbone as a scikit-learn transformer."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import replace
+import warnings
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._backbones import (
+    Backbone,
+    BackboneSpec,
+    Preprocessing,
+    get_backbone_spec,
+    load_backbone,
+    module_spec,
+    module_stages,
+)
+from ._device import autocast, resolve_device, resolve_precision
+from ._images import ImageCollection, InvalidImageError
+from ._loading import iterate_batches
+
+
+def resolve_spec(backbone, weights="default", preprocessing=None) -> BackboneSpec:
+    """The spec of an estimator's ``backbone`` parameter (a name or a module)."""
+    if isinstance(backbone, nn.Module):
+        return module_spec(backbone, preprocessing)
+    spec = get_backbone_spec(backbone, weights)
+    if preprocessing is not None:
+        spec = replace(spec, preprocessing=preprocessing)
+    return spec
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_backbone(spec: BackboneSpec, device: torch.device) -> Backbone:
+    """Build a registry backbone once per process and device; estimators share it."""
+    return _prepare(load_backbone(spec), device)
+
+
+def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    # channels_last makes convolutions markedly faster on CPU and on tensor cores.
+    return model.to(device=device, memory_format=torch.channels_last).eval()
+
+
+class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Turn images into feature vectors with a frozen pretrained network.
+
+    The network's classifier is dropped; each image becomes the globally
+    average-pooled activation of its last stage. The backbone never trains,
+    so ``fit`` only resolves the backbone; ``transform`` does the work, in
+    batches, on the GPU when one is present.
+
+    Parameters
+    ----------
+    backbone : str or torch.nn.Module, default="efficientnet_lite0"
+        A name from :func:`sktransfer.list_backbones` or a module that maps
+        (N, 3, S, S) to (N, D) or (N, C, h, w) (average-pooled).
+    weights : "default", None or path, default="default"
+        ``"default"``: the registry's pretrained weights (never downloaded);
+        ``None``: random initialisation (a baseline); a path: a state dict.
+    preprocessing : Preprocessing, default=None
+        Overrides the preprocessing that belongs to the weights; for a module
+        backbone, defaults to ImageNet's (224 px, ImageNet mean and std).
+    batch_size : int, default=16
+        Images per forward pass; 8-16 is fastest on CPU.
+    device : str or torch.device, default="auto"
+        ``"auto"`` picks CUDA, then MPS, then CPU.
+    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+        Compute precision; ``"auto"`` is bf16 (or fp16) autocast on CUDA
+        and fp32 on CPU. Features are always returned as float32.
+    num_workers : int, default=0
+        DataLoader worker processes that decode and resize images while the
+        network runs; 0 decodes in the main process.
+    on_error : {"raise", "nan"}, default="raise"
+        What to do with samples that are not readable images: ``"raise"``
+        one :class:`InvalidImageError` naming all of them, or ``"nan"``
+        return NaN rows for them (with a warning) and features for the rest.
+    progress : bool, default=True
+        Show a progress bar (only when output goes to a terminal or notebook).
+
+    Attributes
+    ----------
+    spec_ : BackboneSpec
+        The resolved backbone: preprocessing, feature dimension, stages.
+    n_features_out_ : int
+        Length of each feature vector.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sktransfer import PretrainedFeaturizer
+    >>> images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    >>> PretrainedFeaturizer(progress=False).fit_transform(images).shape
+    (2, 1280)
+    """
+
+    _parameter_constraints = {
+        "backbone": [str, nn.Module],
+        "weights": [str, os.PathLike, None],
+        "preprocessing": [Preprocessing, None],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str, torch.device],
+        "precision": [StrOptions({"auto", "fp32", "bf16", "fp16"})],
+        "num_workers": [Interval(Integral, 0, None, closed="left")],
+        "on_error": [StrOptions({"raise", "nan"})],
+        "progress": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        backbone="efficientnet_lite0",
+        *,
+        weights="default",
+        preprocessing=None,
+        batch_size=16,
+        device="auto",
+        precision="auto",
+        num_workers=0,
+        on_error="raise",
+        progress=True,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.preprocessing = preprocessing
+        self.batch_size = batch_size
+        self.device = device
+        self.precision = precision
+        self.num_workers = num_workers
+        self.on_error = on_error
+        self.progress = progress
+
+    def fit(self, X, y=None):
+        """Resolve the backbone; the network itself is not trained.
+
+        Parameters
+        ----------
+        X : collection of images
+            Paths, PIL images, arrays or tensors; checked for shape only.
+        y : ignored
+
+        Returns
+        -------
+        self : PretrainedFeaturizer
+        """
+        self._validate_params()
+        ImageCollection(X)
+        self.spec_ = resolve_spec(self.backbone, self.weights, self.preprocessing)
+        self.n_features_out_ = self.spec_.feature_dim
+        return self
+
+    @property
+    def _n_features_out(self):
+        return self.n_features_out_
+
+    def transform(self, X):
+        """Compute one feature vector per image.
+
+        Parameters
+        ----------
+        X : collection of images
+            Paths, PIL images, arrays (N, H, W[, C]) or tensors (N, C, H, W).
+
+        Returns
+        -------
+        features : ndarray of shape (n_samples, n_features_out_), dtype float32
+            In input order; NaN rows for bad samples when ``on_error="nan"``.
+
+        Raises
+        ------
+        InvalidImageError
+            Some samples are not readable images (``on_error="raise"``); the
+            error names every one of them by index and path.
+        """
+        check_is_fitted(self)
+        images = ImageCollection(X)
+        features = np.full((len(images), self.n_features_out_), np.nan, dtype=np.float32)
+        failures = self._compute(images, range(len(images)), features)
+        if failures:
+            if self.on_error == "raise":
+                raise InvalidImageError(failures)
+            warnings.warn(
+                f"{len(failures)} of {len(images)} samples are not readable images; their "
+                f"rows are NaN. First: {failures[0]}",
+                UserWarning,
+                stacklevel=2,
+            )
+        return features
+
+    def _compute(self, images: ImageCollection, indices, out: np.ndarray) -> list:
+        """Run the backbone on ``images[indices]``, writing rows of ``out``; return failures."""
+        device = resolve_device(self.device)
+        dtype = resolve_precision(self.precision, device)
+        model = self._model(device)
+        failures = []
+        batches = iterate_batches(
+            images,
+            self.spec_.preprocessing,
+            indices,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=device.type == "cuda",
+        )
+        n_batches = -(-len(indices) // self.batch_size)
+        with torch.inference_mode(), autocast(device, dtype):
+            for batch_indices, batch, bad in tqdm(
+                batches, total=n_batches, disable=not self.progress or None,
+                desc="featurizing", unit="batch",
+            ):
+                failures.extend(bad)
+                if batch is None:
+                    continue
+                batch = batch.to(device, non_blocking=True, memory_format=torch.channels_last)
+                out[batch_indices] = model(batch).float().cpu().numpy()
+        return failures
+
+    def _model(self, device: torch.device) -> nn.Module:
+        if isinstance(self.backbone, nn.Module):
+            return _prepare(Backbone(module_stages(self.backbone)), device)
+        return _shared_backbone(self.spec_, device)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.input_tags.string = True
+        tags.transformer_tags.preserves_dtype = []
+        return tags

@@ -1,0 +1,284 @@
+"""Turn any accepted input into decoded RGB images, with clear errors.
+
+Accepted collections (one image per sample): a sequence or pandas Series of
+file paths, of PIL images or of arrays (each (H, W) or (H, W, C)); an ndarray
+(N, H, W) or (N, H, W, C); a tensor (N, C, H, W) or (N, H, W). Every image
+comes out as a C-contiguous uint8 array (H, W, 3). This module knows nothing
+of models.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Images with more pixels than this are refused as possible decompression bombs.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+@dataclass(frozen=True)
+class ImageFailure:
+    """One sample that could not be used: where it is and what was wrong."""
+
+    index: int
+    path: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"sample {self.index}" + (f" ({self.path})" if self.path else "")
+        return f"{where}: {self.reason}"
+
+
+class InvalidImageError(ValueError):
+    """Raised when samples cannot be read as images; lists every bad sample.
+
+    Attributes
+    ----------
+    failures : list of ImageFailure
+        Index, path (when the sample is a file) and reason of each bad sample.
+    """
+
+    def __init__(self, failures: list[ImageFailure]):
+        self.failures = list(failures)
+        shown = "\n  ".join(str(f) for f in self.failures[:20])
+        more = f"\n  ... and {len(self.failures) - 20} more" if len(self.failures) > 20 else ""
+        super().__init__(f"{len(self.failures)} bad image sample(s):\n  {shown}{more}")
+
+
+class _BadImage(ValueError):
+    """A single sample's problem; becomes an :class:`ImageFailure` with its index."""
+
+
+def _kind(item) -> str:
+    if isinstance(item, str | os.PathLike):
+        return "path"
+    if isinstance(item, Image.Image):
+        return "PIL image"
+    if isinstance(item, np.ndarray):
+        return "array"
+    if _is_tensor(item):
+        return "tensor"
+    return type(item).__name__
+
+
+def _is_tensor(obj) -> bool:
+    torch = __import__("sys").modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
+class ImageCollection:
+    """A read-only, indexable view of the images in ``X``.
+
+    Parameters
+    ----------
+    X : collection of images
+        See the module docstring for what is accepted.
+
+    Raises
+    ------
+    ValueError
+        ``X`` is empty, a single image, or an array of the wrong rank.
+    InvalidImageError
+        The samples mix kinds (paths with arrays, ...); each odd one is named.
+    """
+
+    def __init__(self, X):
+        if hasattr(X, "iloc"):  # pandas Series or one-column DataFrame
+            X = X.to_numpy()
+            if X.ndim == 2 and X.shape[1] == 1:
+                X = X[:, 0]
+        if isinstance(X, str | os.PathLike | Image.Image):
+            raise ValueError(
+                "expected a collection of images (one per sample), got a single "
+                f"{_kind(X)}; wrap it in a list"
+            )
+        if _is_tensor(X):
+            X = self._tensor_to_channels_last(X)
+        if isinstance(X, np.ndarray) and X.dtype != object and X.dtype.kind not in "US":
+            if X.ndim not in (3, 4):
+                raise ValueError(
+                    f"an array of images must be (N, H, W) or (N, H, W, C); got shape {X.shape}"
+                    + (" (reshape flat pixel rows to images first)" if X.ndim == 2 else "")
+                )
+        elif not isinstance(X, list | tuple | np.ndarray):
+            try:
+                X = list(X)
+            except TypeError:
+                raise ValueError(
+                    f"expected a collection of images, got {type(X).__name__}"
+                ) from None
+        if len(X) == 0:
+            raise ValueError("no images: X is empty")
+        self._items = X
+        self._check_same_kind()
+
+    @staticmethod
+    def _tensor_to_channels_last(X):
+        if X.ndim == 4:
+            X = X.permute(0, 2, 3, 1)
+        elif X.ndim != 3:
+            raise ValueError(
+                f"a tensor of images must be (N, C, H, W) or (N, H, W); got shape {tuple(X.shape)}"
+            )
+        return X.detach().cpu().numpy()
+
+    def _check_same_kind(self):
+        if isinstance(self._items, np.ndarray) and self._items.dtype != object:
+            return
+        kinds = [_kind(item) for item in self._items]
+        first = kinds[0]
+        odd = [
+            ImageFailure(i, None, f"is a {kind} but sample 0 is a {first}; do not mix kinds")
+            for i, kind in enumerate(kinds)
+            if kind != first
+        ]
+        if odd:
+            raise InvalidImageError(odd)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int):
+        return self._items[index]
+
+    def path(self, index: int) -> str | None:
+        """File path of sample ``index``, or None when it is not a file."""
+        item = self._items[index]
+        return os.fspath(item) if isinstance(item, str | os.PathLike) else None
+
+    @property
+    def are_paths(self) -> bool:
+        return self.path(0) is not None
+
+    def load(self, index: int) -> np.ndarray:
+        """Decode sample ``index`` to a uint8 (H, W, 3) array.
+
+        Raises
+        ------
+        InvalidImageError
+            Naming the sample, its path and what was wrong.
+        """
+        try:
+            return decode_image(self._items[index])
+        except _BadImage as exc:
+            raise InvalidImageError([ImageFailure(index, self.path(index), str(exc))]) from None
+
+
+def decode_image(item) -> np.ndarray:
+    """Decode one image (path, PIL image, array or tensor) to uint8 RGB (H, W, 3)."""
+    if isinstance(item, str | os.PathLike):
+        return _pil_to_rgb(_open_file(Path(item)))
+    if isinstance(item, Image.Image):
+        return _pil_to_rgb(item)
+    if _is_tensor(item):
+        array = item.detach().cpu().numpy()
+        return _array_to_rgb(np.moveaxis(array, 0, -1) if array.ndim == 3 else array)
+    if isinstance(item, np.ndarray):
+        return _array_to_rgb(item)
+    raise _BadImage(f"unsupported type {type(item).__name__}; expected a path, PIL image or array")
+
+
+def _open_file(path: Path) -> Image.Image:
+    if not path.exists():
+        raise _BadImage("file does not exist")
+    if not path.is_file():
+        raise _BadImage("is a directory, not an image file" if path.is_dir() else "not a file")
+    if path.stat().st_size == 0:
+        raise _BadImage("file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            _check_pixel_count(image.size)
+            image.load()
+    except _BadImage:
+        raise
+    except UnidentifiedImageError:
+        raise _BadImage("not an image file (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _BadImage(f"image is too large (more than {MAX_PIXELS} pixels)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise _BadImage(f"corrupt or truncated image: {exc}") from None
+    return ImageOps.exif_transpose(image)
+
+
+def _check_pixel_count(size: tuple[int, int]) -> None:
+    width, height = size
+    if width * height > MAX_PIXELS:
+        raise _BadImage(
+            f"image is {width}x{height} = {width * height} pixels, more than the limit of "
+            f"{MAX_PIXELS} (possible decompression bomb; raise sktransfer._images.MAX_PIXELS "
+            "if you trust it)"
+        )
+    if width == 0 or height == 0:
+        raise _BadImage(f"image has zero size ({width}x{height})")
+
+
+def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+    _check_pixel_count(image.size)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _array_to_rgb(np.asarray(image))
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        image.mode == "P" and "transparency" in image.info
+    ):
+        return _array_to_rgb(np.asarray(image.convert("RGBA")))
+    return np.ascontiguousarray(np.asarray(image.convert("RGB")))
+
+
+def _array_to_rgb(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise _BadImage(
+            f"array of shape {array.shape} is not an image; expected (H, W) or (H, W, C) "
+            "with C in 1, 3, 4"
+        )
+    if array.size == 0:
+        raise _BadImage(f"image has zero size (shape {array.shape})")
+    array = _to_uint8(array)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    elif array.shape[-1] == 4:
+        array = _composite_on_white(array)
+    return np.ascontiguousarray(array)
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    kind = array.dtype.kind
+    if array.dtype == np.uint8:
+        return array
+    if kind == "b":
+        return array.astype(np.uint8) * 255
+    if array.dtype == np.uint16:
+        return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if kind in "iu":
+        low, high = array.min(), array.max()
+        if low < 0 or high > 255:
+            raise _BadImage(
+                f"integer pixels must lie in [0, 255] (or be uint16); got {array.dtype} "
+                f"values in [{low}, {high}]"
+            )
+        return array.astype(np.uint8)
+    if kind == "f":
+        if not np.isfinite(array).all():
+            raise _BadImage("array contains NaN or infinity")
+        low, high = float(array.min()), float(array.max())
+        if low < 0 or high > 1:
+            raise _BadImage(
+                f"float pixels must lie in [0, 1]; got values in [{low:g}, {high:g}] "
+                "(cast 0-255 data to uint8)"
+            )
+        return np.round(array * 255).astype(np.uint8)
+    raise _BadImage(f"unsupported pixel dtype {array.dtype}")
+
+
+def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """Flatten transparency onto white, which is how viewers show such images."""
+    alpha = rgba[..., 3:].astype(np.float32) / 255
+    rgb = rgba[..., :3].astype(np.float32) * alpha + 255 * (1 - alpha)
+    return np.round(rgb).astype(np.uint8)
