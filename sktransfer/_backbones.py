@@ -280,7 +280,10 @@ def _torchvision_spec(name: str) -> BackboneSpec:
 
     weights = torchvision.models.get_model_weights(name).DEFAULT
     transforms = weights.transforms()
-    with torch.device("meta"):
+    try:  # building on the meta device allocates nothing
+        with torch.device("meta"):
+            network = _build_torchvision(name)
+    except NotImplementedError:  # a few models initialise weights with real data
         network = _build_torchvision(name)
     cut = _torchvision_cut(network)
     head = next(network._modules[a] for a in _HEAD_ATTRIBUTES if a in network._modules)
@@ -295,7 +298,7 @@ def _torchvision_spec(name: str) -> BackboneSpec:
         ),
         feature_dim=_first_linear(head).in_features,
         stages=tuple(cut(network)),
-        weights=HubWeights(weights.url),
+        weights=_default_weights(name),
         build_network=functools.partial(_build_torchvision, name),
         load_weights=_load_by_name,
         cut=cut,
@@ -327,11 +330,19 @@ def list_backbones(available_only: bool = False) -> list[str]:
     available = []
     for name in names:
         try:
-            get_backbone_spec(name).weights.locate()
+            _default_weights(name).locate()
         except FileNotFoundError:
             continue
         available.append(name)
     return available
+
+
+def _default_weights(name: str) -> WeightsSource:
+    if name in _LITE:
+        return _lite_spec(name).weights
+    import torchvision
+
+    return HubWeights(torchvision.models.get_model_weights(name).DEFAULT.url)
 
 
 def get_backbone_spec(name: str, weights: str | None = "default") -> BackboneSpec:

@@ -1,0 +1,55 @@
+"""Shared fixtures: real photos from scikit-image, written to disk, and a tiny backbone."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from sktransfer import Preprocessing
+
+skimage_data = pytest.importorskip("skimage.data")
+
+PHOTO_NAMES = ("chelsea", "coffee", "astronaut", "rocket")
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """A few real RGB photos as uint8 (H, W, 3) arrays of different sizes."""
+    return [getattr(skimage_data, name)() for name in PHOTO_NAMES]
+
+
+@pytest.fixture(scope="session")
+def photo_paths(photos, tmp_path_factory):
+    """The same photos as lossless PNG files on disk."""
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for name, photo in zip(PHOTO_NAMES, photos):
+        path = folder / f"{name}.png"
+        Image.fromarray(photo).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def make_tiny_backbone(seed=0):
+    """A small conv net with BatchNorm, three stages, 8-dim pooled output."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.BatchNorm2d(4), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(4, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 8, 3), nn.ReLU()),
+    ).eval()
+
+
+TINY_PREPROCESSING = Preprocessing(input_size=32, resize_size=36)
+
+
+@pytest.fixture
+def tiny_backbone():
+    return make_tiny_backbone()
+
+
+@pytest.fixture(scope="session")
+def small_images():
+    """Twelve small random RGB images."""
+    return np.random.default_rng(0).integers(0, 256, (12, 40, 48, 3), dtype=np.uint8)

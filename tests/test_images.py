@@ -1,0 +1,197 @@
+"""Image input: every accepted kind decodes to RGB, every bad sample is named."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sktransfer import InvalidImageError
+from sktransfer._images import ImageCollection, decode_image
+
+
+def _rgb(height=20, width=30, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _decode_file(path):
+    return ImageCollection([str(path)]).load(0)
+
+
+class TestAcceptedInputs:
+    def test_png_file_decodes_exactly(self, tmp_path):
+        image = _rgb()
+        Image.fromarray(image).save(tmp_path / "a.png")
+        assert np.array_equal(_decode_file(tmp_path / "a.png"), image)
+
+    def test_png_with_jpg_extension_works(self, tmp_path):
+        image = _rgb()
+        Image.fromarray(image).save(tmp_path / "a.jpg", format="PNG")
+        assert np.array_equal(_decode_file(tmp_path / "a.jpg"), image)
+
+    def test_grayscale_becomes_three_equal_channels(self, tmp_path):
+        gray = _rgb()[..., 0]
+        Image.fromarray(gray).save(tmp_path / "g.png")
+        out = _decode_file(tmp_path / "g.png")
+        assert out.shape == (20, 30, 3) and all(np.array_equal(out[..., c], gray) for c in range(3))
+
+    def test_sixteen_bit_png_is_scaled_not_clipped(self, tmp_path):
+        deep = np.linspace(0, 65535, 20 * 30).reshape(20, 30).astype(np.uint16)
+        Image.fromarray(deep).save(tmp_path / "d.png")
+        out = _decode_file(tmp_path / "d.png")
+        assert out.shape == (20, 30, 3)
+        assert out.min() == 0 and out.max() == 255 and len(np.unique(out)) > 200
+
+    def test_rgba_is_composited_on_white(self, tmp_path):
+        rgba = np.zeros((4, 4, 4), np.uint8)
+        rgba[..., 0] = 255  # red, fully transparent on the left half
+        rgba[:, 2:, 3] = 255
+        Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+        out = _decode_file(tmp_path / "t.png")
+        assert (out[:, :2] == 255).all()
+        assert (out[:, 2:] == [255, 0, 0]).all()
+
+    def test_palette_and_cmyk_become_rgb(self, tmp_path):
+        image = Image.fromarray(_rgb())
+        image.convert("P").save(tmp_path / "p.png")
+        image.convert("CMYK").save(tmp_path / "c.jpg")
+        for name in ("p.png", "c.jpg"):
+            out = _decode_file(tmp_path / name)
+            assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+
+    def test_exif_orientation_is_honoured(self, tmp_path):
+        wide = np.zeros((20, 60, 3), np.uint8)
+        wide[:, :30] = 255  # left half white
+        exif = Image.Exif()
+        exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+        Image.fromarray(wide).save(tmp_path / "r.jpg", exif=exif, quality=100)
+        out = _decode_file(tmp_path / "r.jpg")
+        assert out.shape == (60, 20, 3)
+        assert out[:30].mean() > 200 and out[30:].mean() < 50  # left half is now on top
+
+    def test_one_pixel_and_elongated_images(self):
+        assert decode_image(np.zeros((1, 1, 3), np.uint8)).shape == (1, 1, 3)
+        assert decode_image(np.zeros((1, 5000), np.uint8)).shape == (1, 5000, 3)
+
+    def test_array_dtypes(self):
+        floats = np.random.default_rng(0).random((5, 6, 3))
+        assert np.array_equal(decode_image(floats), np.round(floats * 255).astype(np.uint8))
+        assert decode_image(np.ones((5, 6), bool)).max() == 255
+        assert np.array_equal(decode_image(np.full((5, 6), 7, np.int64)), np.full((5, 6, 3), 7))
+
+    def test_non_contiguous_and_read_only_arrays_work(self):
+        image = _rgb()
+        flipped = image[:, ::-1]
+        frozen = image.copy()
+        frozen.flags.writeable = False
+        assert np.array_equal(decode_image(flipped), np.ascontiguousarray(flipped))
+        assert np.array_equal(decode_image(frozen), image)
+
+    def test_collections(self):
+        batch = np.stack([_rgb(seed=i) for i in range(3)])
+        tensor = torch.from_numpy(batch).permute(0, 3, 1, 2)
+        for X in (batch, list(batch), tensor, [Image.fromarray(b) for b in batch]):
+            images = ImageCollection(X)
+            assert len(images) == 3
+            assert np.array_equal(images.load(2), batch[2])
+        assert ImageCollection(batch[..., 0]).load(0).shape == (20, 30, 3)
+
+    def test_pandas_series_of_paths(self, tmp_path):
+        pd = pytest.importorskip("pandas")
+        Image.fromarray(_rgb()).save(tmp_path / "a.png")
+        images = ImageCollection(pd.Series([str(tmp_path / "a.png")], index=[7]))
+        assert images.path(0) == str(tmp_path / "a.png")
+
+
+def _failure(X):
+    images = ImageCollection(X)
+    with pytest.raises(InvalidImageError) as info:
+        images.load(len(images) - 1)
+    (failure,) = info.value.failures
+    assert failure.index == len(images) - 1
+    return failure
+
+
+@pytest.fixture
+def good_png(tmp_path):
+    path = tmp_path / "good.png"
+    Image.fromarray(_rgb()).save(path)
+    return str(path)
+
+
+class TestBadFiles:
+    """Each bad file is named by index and path, with what was wrong."""
+
+    @pytest.mark.parametrize(
+        "make, reason",
+        [
+            (lambda p: p, "does not exist"),
+            (lambda p: p.mkdir() or p, "directory"),
+            (lambda p: p.write_bytes(b"") and p or p, "empty"),
+            (lambda p: p.write_text("hello, not a photo") and p, "not an image"),
+        ],
+        ids=["missing", "directory", "zero-byte", "text-as-jpg"],
+    )
+    def test_unreadable_files(self, tmp_path, good_png, make, reason):
+        path = make(tmp_path / "bad.jpg")
+        failure = _failure([good_png, str(path)])
+        assert failure.path == str(path) and reason in failure.reason
+        assert f"sample 1 ({path})" in str(InvalidImageError([failure]))
+
+    def test_truncated_jpeg(self, tmp_path, good_png):
+        Image.fromarray(_rgb(200, 200)).save(tmp_path / "full.jpg")
+        data = (tmp_path / "full.jpg").read_bytes()
+        (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+        assert "truncated" in _failure([good_png, str(tmp_path / "cut.jpg")]).reason
+
+    def test_corrupt_png(self, tmp_path, good_png):
+        data = bytearray(open(good_png, "rb").read())
+        data[60:80] = b"\x00" * 20  # inside the IDAT chunk: its checksum no longer matches
+        (tmp_path / "bad.png").write_bytes(bytes(data))
+        assert "corrupt" in _failure([good_png, str(tmp_path / "bad.png")]).reason
+
+    def test_decompression_bomb_is_refused_before_decoding(self, tmp_path, good_png, monkeypatch):
+        Image.fromarray(np.zeros((300, 400), np.uint8)).save(tmp_path / "bomb.png")
+        monkeypatch.setattr("sktransfer._images.MAX_PIXELS", 100_000)
+        reason = _failure([good_png, str(tmp_path / "bomb.png")]).reason
+        assert "120000 pixels" in reason and "decompression bomb" in reason
+
+
+class TestBadArrays:
+    @pytest.mark.parametrize(
+        "array, reason",
+        [
+            (np.full((4, 4, 3), np.nan), "NaN"),
+            (np.full((4, 4, 3), np.inf), "NaN or infinity"),
+            (np.zeros((0, 4, 3), np.uint8), "zero size"),
+            (np.zeros((4, 4, 2), np.uint8), "not an image"),
+            (np.zeros((2, 4, 4, 3), np.uint8), "not an image"),
+            (np.full((4, 4), 300), "[0, 255]"),
+            (np.full((4, 4), 2.0), "[0, 1]"),
+            (np.zeros((4, 4), complex), "dtype"),
+        ],
+        ids=["nan", "inf", "zero-size", "two-channels", "4-d", "int-range", "float-range", "complex"],
+    )
+    def test_bad_sample_in_a_list(self, array, reason):
+        failure = _failure([_rgb(), array])
+        assert reason in failure.reason and failure.path is None
+
+    def test_mixed_kinds_name_every_odd_sample(self, good_png):
+        with pytest.raises(InvalidImageError) as info:
+            ImageCollection(np.array([good_png, _rgb(), good_png, _rgb()], dtype=object))
+        assert [f.index for f in info.value.failures] == [1, 3]
+        assert "is a array but sample 0 is a path" in str(info.value)
+
+    @pytest.mark.parametrize(
+        "X, message",
+        [
+            ([], "empty"),
+            (np.zeros((0, 8, 8, 3), np.uint8), "empty"),
+            (np.zeros((5, 64)), r"\(N, H, W\)"),
+            ("photo.jpg", "single path"),
+            (torch.zeros(3, 3), r"\(N, C, H, W\)"),
+            (42, "int"),
+        ],
+    )
+    def test_bad_collections(self, X, message):
+        with pytest.raises(ValueError, match=message):
+            ImageCollection(X)
