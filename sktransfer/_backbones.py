@@ -53,20 +53,31 @@ class Preprocessing:
     def __call__(self, rgb: np.ndarray) -> torch.Tensor:
         """Turn a uint8 (H, W, 3) image into a normalised float32 (3, S, S) tensor.
 
-        The centre square is cut from the original before resizing: the same
-        region as resize-then-crop, but very elongated images stay cheap.
+        Resize the shorter side to ``resize_size``, then crop the centre
+        ``input_size`` square, exactly as torchvision and timm evaluate.
         """
         import torchvision.transforms.v2.functional as F
 
         height, width = rgb.shape[:2]
-        side = max(1, round(min(height, width) * self.input_size / self.resize_size))
-        top, left = (height - side) // 2, (width - side) // 2
-        square = torch.from_numpy(np.array(rgb[top : top + side, left : left + side])).permute(2, 0, 1)
-        square = F.resize(
-            square, [self.input_size, self.input_size],
+        short, long = sorted((height, width))
+        if long > _MAX_ASPECT * short:
+            # Only the centre of a very elongated image is kept: cut the rest
+            # first, so resizing it cannot take unbounded memory.
+            keep = _MAX_ASPECT * short
+            if height > width:
+                rgb = rgb[(height - keep) // 2 :][:keep]
+            else:
+                rgb = rgb[:, (width - keep) // 2 :][:, :keep]
+        image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
+        image = F.resize(
+            image, [self.resize_size],
             interpolation=F.InterpolationMode(self.interpolation), antialias=True,
         )
-        return F.normalize(square.float().div_(255), self.mean, self.std)
+        image = F.center_crop(image, [self.input_size, self.input_size])
+        return F.normalize(image.float().div_(255), self.mean, self.std)
+
+
+_MAX_ASPECT = 4
 
 
 @dataclass(frozen=True)
