@@ -8,6 +8,7 @@ from ._backbones import (
     list_backbones,
     load_backbone,
 )
+from ._cache import cache_info, clear_cache
 from ._featurizer import PretrainedFeaturizer
 from ._images import ImageFailure, InvalidImageError
 from ._weights import WeightsIntegrityError, WeightsNotFoundError
@@ -23,6 +24,8 @@ __all__ = [
     "PretrainedFeaturizer",
     "WeightsIntegrityError",
     "WeightsNotFoundError",
+    "cache_info",
+    "clear_cache",
     "get_backbone_spec",
     "list_backbones",
     "load_backbone",

@@ -398,24 +398,35 @@ def module_spec(module: nn.Module, preprocessing: Preprocessing | None = None) -
     """
     preprocessing = preprocessing or Preprocessing()
     stages = module_stages(module)
-    was_training = module.training
-    module.eval()
-    parameter = next(module.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    with torch.inference_mode():
-        blank = torch.zeros(1, 3, preprocessing.input_size, preprocessing.input_size, device=device)
-        feature_dim = pool_features(module(blank)).shape[1]
-    module.train(was_training)
+    probe = (module_fingerprint(module), preprocessing.input_size)
+    if probe not in _PROBED_FEATURE_DIMS:  # once per module state, not once per clone
+        _PROBED_FEATURE_DIMS[probe] = _probe_feature_dim(module, preprocessing.input_size)
+    feature_dim = _PROBED_FEATURE_DIMS[probe]
     return BackboneSpec(
         name=type(module).__name__,
         preprocessing=preprocessing,
-        feature_dim=int(feature_dim),
+        feature_dim=feature_dim,
         stages=tuple(stages),
         weights=None,
         build_network=functools.partial(copy.deepcopy, module),
         load_weights=_load_by_name,
         cut=module_stages,
     )
+
+
+_PROBED_FEATURE_DIMS: dict[tuple[str, int], int] = {}
+
+
+def _probe_feature_dim(module: nn.Module, input_size: int) -> int:
+    was_training = module.training
+    module.eval()
+    parameter = next(module.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    with torch.inference_mode():
+        blank = torch.zeros(1, 3, input_size, input_size, device=device)
+        feature_dim = pool_features(module(blank)).shape[1]
+    module.train(was_training)
+    return int(feature_dim)
 
 
 def module_stages(module: nn.Module) -> OrderedDict:

@@ -22,10 +22,12 @@ from ._backbones import (
     Preprocessing,
     get_backbone_spec,
     load_backbone,
+    module_fingerprint,
     module_spec,
     module_stages,
 )
-from ._device import autocast, resolve_device, resolve_precision
+from ._cache import content_hash, feature_key, resolve_store
+from ._device import autocast, precision_name, resolve_device, resolve_precision
 from ._images import ImageCollection, InvalidImageError
 from ._loading import iterate_batches
 
@@ -49,6 +51,24 @@ def _shared_backbone(spec: BackboneSpec, device: torch.device) -> Backbone:
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
     # channels_last makes convolutions markedly faster on CPU and on tensor cores.
     return model.to(device=device, memory_format=torch.channels_last).eval()
+
+
+def _fill_from_store(store, keys, features) -> list[int]:
+    """Copy cached rows into ``features``; return the indices still to compute."""
+    known = [i for i, key in enumerate(keys) if key is not None]
+    rows = store.get_many([keys[i] for i in known]) if store is not None and known else []
+    found = set()
+    for index, row in zip(known, rows):
+        if row is not None:
+            features[index] = row
+            found.add(index)
+    return [i for i in range(len(keys)) if i not in found]
+
+
+def _save_to_store(store, keys, rows) -> None:
+    known = [j for j, key in enumerate(keys) if key is not None]
+    if store is not None and known:
+        store.put_many([keys[j] for j in known], rows[known])
 
 
 class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -84,6 +104,13 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         What to do with samples that are not readable images: ``"raise"``
         one :class:`InvalidImageError` naming all of them, or ``"nan"``
         return NaN rows for them (with a warning) and features for the rest.
+    cache : "memory", str, os.PathLike or None, default="memory"
+        Where computed features are kept, so each image is computed once:
+        ``"memory"``, a process-wide LRU that survives ``clone`` (so
+        ``GridSearchCV`` over a pipeline computes each image once); a
+        directory, a SQLite store shared by processes and later sessions;
+        None, no caching. Entries are keyed by the backbone, its weights,
+        preprocessing and precision, and the image's bytes or pixels.
     progress : bool, default=True
         Show a progress bar (only when output goes to a terminal or notebook).
 
@@ -112,6 +139,7 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         "precision": [StrOptions({"auto", "fp32", "bf16", "fp16"})],
         "num_workers": [Interval(Integral, 0, None, closed="left")],
         "on_error": [StrOptions({"raise", "nan"})],
+        "cache": [str, os.PathLike, None],
         "progress": ["boolean"],
     }
 
@@ -126,6 +154,7 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         precision="auto",
         num_workers=0,
         on_error="raise",
+        cache="memory",
         progress=True,
     ):
         self.backbone = backbone
@@ -136,6 +165,7 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.precision = precision
         self.num_workers = num_workers
         self.on_error = on_error
+        self.cache = cache
         self.progress = progress
 
     def fit(self, X, y=None):
@@ -183,7 +213,17 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         check_is_fitted(self)
         images = ImageCollection(X)
         features = np.full((len(images), self.n_features_out_), np.nan, dtype=np.float32)
-        failures = self._compute(images, range(len(images)), features)
+        device = resolve_device(self.device)
+        dtype = resolve_precision(self.precision, device)
+        store = resolve_store(self.cache)
+        keys = self._cache_keys(images, dtype) if store is not None else [None] * len(images)
+        missing = _fill_from_store(store, keys, features)
+        failures = []
+        for indices, rows, bad in self._compute(images, missing, device, dtype):
+            features[indices] = rows
+            failures.extend(bad)
+            # Stored batch by batch: an interrupted run keeps every finished batch.
+            _save_to_store(store, [keys[i] for i in indices], rows)
         if failures:
             if self.on_error == "raise":
                 raise InvalidImageError(failures)
@@ -195,12 +235,22 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             )
         return features
 
-    def _compute(self, images: ImageCollection, indices, out: np.ndarray) -> list:
-        """Run the backbone on ``images[indices]``, writing rows of ``out``; return failures."""
-        device = resolve_device(self.device)
-        dtype = resolve_precision(self.precision, device)
+    def _cache_keys(self, images: ImageCollection, dtype: torch.dtype) -> list[str | None]:
+        """One key per sample, or None where its content cannot be read."""
+        model_key = f"{self.spec_.key}|{precision_name(dtype)}"
+        if isinstance(self.backbone, nn.Module):
+            model_key += f"|{module_fingerprint(self.backbone)}"
+        keys = []
+        for index in range(len(images)):
+            content = content_hash(images[index])
+            keys.append(None if content is None else feature_key(model_key, content))
+        return keys
+
+    def _compute(self, images: ImageCollection, indices, device, dtype):
+        """Run the backbone on ``images[indices]``; yield ``(indices, rows, failures)``."""
+        if not len(indices):
+            return
         model = self._model(device)
-        failures = []
         batches = iterate_batches(
             images,
             self.spec_.preprocessing,
@@ -215,12 +265,11 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 batches, total=n_batches, disable=not self.progress or None,
                 desc="featurizing", unit="batch",
             ):
-                failures.extend(bad)
                 if batch is None:
+                    yield batch_indices, np.empty((0, self.n_features_out_), np.float32), bad
                     continue
                 batch = batch.to(device, non_blocking=True, memory_format=torch.channels_last)
-                out[batch_indices] = model(batch).float().cpu().numpy()
-        return failures
+                yield batch_indices, model(batch).float().cpu().numpy(), bad
 
     def _model(self, device: torch.device) -> nn.Module:
         if isinstance(self.backbone, nn.Module):

@@ -18,6 +18,7 @@ from .conftest import TINY_PREPROCESSING, make_tiny_backbone
 
 
 def tiny_featurizer(**params):
+    params = {"cache": None, **params}
     return PretrainedFeaturizer(
         make_tiny_backbone(), preprocessing=TINY_PREPROCESSING, progress=False, **params
     )
@@ -25,7 +26,8 @@ def tiny_featurizer(**params):
 
 @pytest.fixture(scope="module")
 def default_featurizer():
-    return PretrainedFeaturizer(progress=False)
+    # No cache, so that every transform below really runs the network.
+    return PretrainedFeaturizer(progress=False, cache=None)
 
 
 class TestRealFeatures:
@@ -89,7 +91,7 @@ class TestSklearnContract:
         assert not hasattr(copy, "spec_")
 
     def test_pickle_is_small_and_round_trips(self, small_images):
-        featurizer = PretrainedFeaturizer(progress=False).fit(small_images)
+        featurizer = PretrainedFeaturizer(progress=False, cache=None).fit(small_images)
         blob = pickle.dumps(featurizer)
         assert len(blob) < 4096  # no weights inside: the backbone is rebuilt where it runs
         restored = pickle.loads(blob)

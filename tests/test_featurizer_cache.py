@@ -1,0 +1,191 @@
+"""Precompute once: each distinct image goes through the backbone once per cache.
+
+A counting module serves as the backbone, so the tests see exactly how many
+images the network processed.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from torch import nn
+
+from sktransfer import PretrainedFeaturizer, Preprocessing
+from sktransfer._cache import cache_info, clear_cache
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Images that went through any CountingBackbone in this process.
+FORWARDS = {"images": 0}
+
+
+class CountingBackbone(nn.Module):
+    """A tiny conv net that counts the images it sees (and can be made slow)."""
+
+    def __init__(self, seed=0, delay=0.0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(3, 6, 3, stride=2)
+        self.delay = delay
+
+    def forward(self, x):
+        FORWARDS["images"] += len(x)
+        if self.delay:
+            time.sleep(self.delay)
+        return torch.relu(self.conv(x))
+
+
+def counting_featurizer(cache="memory", seed=0, delay=0.0, **params):
+    return PretrainedFeaturizer(
+        CountingBackbone(seed, delay),
+        preprocessing=Preprocessing(input_size=16, resize_size=16),
+        cache=cache,
+        progress=False,
+        **params,
+    )
+
+
+def make_images(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 20, 20, 3), dtype=np.uint8)
+
+
+@pytest.fixture(autouse=True)
+def fresh_counts():
+    clear_cache("memory")
+    FORWARDS["images"] = 0
+    yield
+    clear_cache("memory")
+
+
+def count_forwards(fn):
+    before = FORWARDS["images"]
+    result = fn()
+    return FORWARDS["images"] - before, result
+
+
+class TestMemoryCache:
+    def test_second_transform_does_no_backbone_work(self):
+        X = make_images(10)
+        featurizer = counting_featurizer().fit(X)
+        first_count, first = count_forwards(lambda: featurizer.transform(X))
+        second_count, second = count_forwards(lambda: featurizer.transform(X))
+        assert (first_count, second_count) == (10, 0)
+        np.testing.assert_array_equal(first, second)
+
+    def test_grid_search_over_a_pipeline_computes_each_image_once(self):
+        X = make_images(30)
+        y = np.array(["tigger", "misty", "neither"] * 10)
+        counting_featurizer().fit(X)  # fit probes the feature size once per module state
+        pipe = make_pipeline(counting_featurizer(), LogisticRegression(max_iter=200))
+        search = GridSearchCV(pipe, {"logisticregression__C": [0.1, 1.0, 10.0]}, cv=3)
+        count, _ = count_forwards(lambda: search.fit(X, y))
+        assert count == 30  # not folds x params x images
+        assert cache_info("memory").entries == 30
+
+    def test_cached_features_equal_computed_ones(self):
+        X = make_images(6)
+        cached = counting_featurizer().fit(X)
+        cached.transform(X[:3])
+        mixed = cached.transform(X)  # three hits, three computed
+        np.testing.assert_allclose(mixed, counting_featurizer(cache=None).fit_transform(X), atol=1e-6)
+
+    def test_a_changed_pixel_or_backbone_recomputes(self):
+        X = make_images(5)
+        counting_featurizer().fit_transform(X)
+        changed = X.copy()
+        changed[2, 0, 0, 0] ^= 1
+        count, _ = count_forwards(lambda: counting_featurizer().fit(X).transform(changed))
+        assert count == 1
+        other_weights = counting_featurizer(seed=1).fit(X)
+        count, _ = count_forwards(lambda: other_weights.transform(X))
+        assert count == 5
+        bf16 = counting_featurizer(precision="bf16").fit(X)
+        count, _ = count_forwards(lambda: bf16.transform(X))
+        assert count == 5
+
+    def test_renamed_file_hits(self, tmp_path):
+        from PIL import Image
+
+        Image.fromarray(make_images(1)[0]).save(tmp_path / "a.png")
+        counting_featurizer().fit_transform([str(tmp_path / "a.png")])
+        (tmp_path / "a.png").rename(tmp_path / "b.png")
+        renamed = counting_featurizer().fit([tmp_path / "b.png"])
+        count, _ = count_forwards(lambda: renamed.transform([tmp_path / "b.png"]))
+        assert count == 0
+
+    def test_cache_none_always_computes(self):
+        X = make_images(4)
+        featurizer = counting_featurizer(cache=None).fit(X)
+        featurizer.transform(X)
+        count, _ = count_forwards(lambda: featurizer.transform(X))
+        assert count == 4
+
+
+def _run_featurizer_process(cache_dir, out_path, n, delay=0.0, wait=True):
+    """Featurize ``make_images(n)`` through a disk cache in a fresh Python process."""
+    script = (
+        "import json, sys, numpy as np\n"
+        "from tests.test_featurizer_cache import FORWARDS, counting_featurizer, make_images\n"
+        f"X = make_images({n})\n"
+        f"featurizer = counting_featurizer(cache={str(cache_dir)!r}, delay={delay}, batch_size=4)\n"
+        "featurizer.fit(X)\n"
+        "FORWARDS['images'] = 0  # count transform's work only, not fit's size probe\n"
+        "out = featurizer.transform(X)\n"
+        f"np.save({str(out_path)!r}, out)\n"
+        "print(json.dumps(FORWARDS))\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    if not wait:
+        return process
+    stdout, _ = process.communicate(timeout=120)
+    assert process.returncode == 0
+    return json.loads(stdout)["images"]
+
+
+class TestDiskCache:
+    def test_a_new_process_with_the_same_cache_does_no_backbone_work(self, tmp_path):
+        cache = tmp_path / "cache"
+        assert _run_featurizer_process(cache, tmp_path / "a.npy", 12) == 12
+        assert _run_featurizer_process(cache, tmp_path / "b.npy", 12) == 0
+        np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+        assert cache_info(cache).entries == 12
+        assert (os.stat(cache).st_mode & 0o777) == 0o700
+
+    def test_a_killed_run_resumes_where_it_stopped(self, tmp_path):
+        cache, n = tmp_path / "cache", 40
+        process = _run_featurizer_process(cache, tmp_path / "x.npy", n, delay=0.2, wait=False)
+        deadline = time.monotonic() + 60
+        while cache_info(cache).entries < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        stored = cache_info(cache).entries
+        assert 8 <= stored < n
+        assert _run_featurizer_process(cache, tmp_path / "resumed.npy", n) == n - stored
+        expected = counting_featurizer(cache=None).fit_transform(make_images(n))
+        np.testing.assert_allclose(np.load(tmp_path / "resumed.npy"), expected, atol=1e-6)
+
+    def test_two_processes_share_one_cache(self, tmp_path):
+        cache, n = tmp_path / "cache", 24
+        processes = [
+            _run_featurizer_process(cache, tmp_path / f"{i}.npy", n, delay=0.02, wait=False)
+            for i in range(2)
+        ]
+        for process in processes:
+            process.communicate(timeout=120)
+            assert process.returncode == 0
+        np.testing.assert_array_equal(np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy"))
+        assert cache_info(cache).entries == n
+        assert _run_featurizer_process(cache, tmp_path / "again.npy", n) == 0
