@@ -201,7 +201,10 @@ def _open_file(path: Path) -> Image.Image:
     except UnidentifiedImageError:
         raise _BadImage("not an image file (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _BadImage(f"image is too large (more than {MAX_PIXELS} pixels)") from None
+        raise _BadImage(
+            f"image is larger than Pillow's limit of {Image.MAX_IMAGE_PIXELS} pixels "
+            "(possible decompression bomb)"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise _BadImage(f"corrupt or truncated image: {exc}") from None
     return ImageOps.exif_transpose(image)

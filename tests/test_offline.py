@@ -1,0 +1,40 @@
+"""No network: importing sktransfer and running the default estimators opens no socket."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import socket
+
+attempts = []
+
+def refuse(*args, **kwargs):
+    attempts.append(args)
+    raise OSError("network access attempted")
+
+socket.socket.connect = socket.socket.connect_ex = refuse
+socket.create_connection = socket.getaddrinfo = refuse
+
+import numpy as np
+import sktransfer
+
+X = np.random.default_rng(0).integers(0, 256, (6, 48, 48, 3), dtype=np.uint8)
+features = sktransfer.PretrainedFeaturizer(progress=False).fit_transform(X)
+assert features.shape == (6, 1280)
+print("attempts", len(attempts))
+"""
+
+
+def test_default_estimators_never_touch_the_network():
+    # Offline switches that libraries honour are unset, so a fetch would really be tried.
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "attempts 0" in result.stdout
