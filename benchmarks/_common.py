@@ -45,13 +45,15 @@ def write_jpegs(images, folder):
 def plain_transform(name="efficientnet_lite0"):
     """The torchvision preprocessing a user would write for the backbone's weights."""
     p = get_backbone_spec(name).preprocessing
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(p.resize_size, antialias=True),
-        v2.CenterCrop(p.input_size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(p.mean, p.std),
-    ])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(p.resize_size, antialias=True),
+            v2.CenterCrop(p.input_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(p.mean, p.std),
+        ]
+    )
 
 
 def plain_model(name="efficientnet_lite0"):

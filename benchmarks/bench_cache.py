@@ -61,8 +61,8 @@ def main():
         for name, cache in (("memory", "memory"), ("disk", folder)):
             clear_cache(cache)
             featurizer = PretrainedFeaturizer(progress=False, cache=cache).fit(images)
-            cold, _, first = timed(lambda: featurizer.transform(images))
-            warm, forwards, second = timed(lambda: featurizer.transform(images))
+            cold, _, first = timed(lambda f=featurizer: f.transform(images))
+            warm, forwards, second = timed(lambda f=featurizer: f.transform(images))
             assert np.array_equal(first, second)
             print(f"{name:<10} {cold:>8.2f} {warm:>8.4f} {cold / warm:>8.0f}x {forwards:>14}")
 
@@ -75,14 +75,18 @@ def main():
         pipe = make_pipeline(
             PretrainedFeaturizer(progress=False, cache=cache), LogisticRegression(max_iter=1000)
         )
-        seconds, forwards, _ = timed(lambda pipe=pipe: GridSearchCV(pipe, grid, cv=cv).fit(images, labels))
+        seconds, forwards, _ = timed(
+            lambda pipe=pipe: GridSearchCV(pipe, grid, cv=cv).fit(images, labels)
+        )
         rows.append((f"cache={cache!r}", seconds, forwards))
     clear_cache("memory")
     featurize_seconds, forwards, features = timed(
         lambda: PretrainedFeaturizer(progress=False, cache=None).fit_transform(images)
     )
     heads_seconds, _, _ = timed(
-        lambda: GridSearchCV(LogisticRegression(max_iter=1000), {"C": grid["logisticregression__C"]}, cv=cv).fit(features, labels)
+        lambda: GridSearchCV(
+            LogisticRegression(max_iter=1000), {"C": grid["logisticregression__C"]}, cv=cv
+        ).fit(features, labels)
     )
     reference = featurize_seconds + heads_seconds
     rows.append(("one featurization + head fits", reference, forwards))

@@ -16,15 +16,24 @@ import tempfile
 
 import numpy as np
 import torch
-from _common import best_time, plain_loop, plain_model, plain_transform, real_photos, report
-from _common import write_jpegs
+from _common import (
+    best_time,
+    plain_loop,
+    plain_model,
+    plain_transform,
+    real_photos,
+    report,
+    write_jpegs,
+)
 from PIL import Image
 
 from sktransfer import PretrainedFeaturizer
 
 
 def featurizer(**params):
-    return PretrainedFeaturizer(progress=False, cache=None, **params).fit([np.zeros((1, 1, 3), np.uint8)])
+    return PretrainedFeaturizer(progress=False, cache=None, **params).fit(
+        [np.zeros((1, 1, 3), np.uint8)]
+    )
 
 
 def main():
@@ -69,11 +78,24 @@ def main():
         rows = [("naive loop: PIL decode one by one (fp32)", naive_seconds, n)]
         for workers in (0, 1, 2):
             ours = featurizer(batch_size=bs, num_workers=workers)
-            rows.append((f"PretrainedFeaturizer num_workers={workers}", best_time(
-                lambda ours=ours: ours.transform(paths))[0], n))
-        rows.append(("PretrainedFeaturizer bf16, num_workers=1", best_time(
-            lambda: featurizer(batch_size=bs, num_workers=1, precision="bf16").transform(paths)
-        )[0], n))
+            rows.append(
+                (
+                    f"PretrainedFeaturizer num_workers={workers}",
+                    best_time(lambda ours=ours: ours.transform(paths))[0],
+                    n,
+                )
+            )
+        rows.append(
+            (
+                "PretrainedFeaturizer bf16, num_workers=1",
+                best_time(
+                    lambda: featurizer(batch_size=bs, num_workers=1, precision="bf16").transform(
+                        paths
+                    )
+                )[0],
+                n,
+            )
+        )
         report(rows, f"2. {n} JPEG files (500x375)")
 
 

@@ -56,8 +56,10 @@ def main():
     featurizer = PretrainedFeaturizer(
         progress=False, cache=None, precision=args.precision, batch_size=args.batch_size
     ).fit(np.zeros((1, 28, 28), np.uint8))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"precision={args.precision}, batch={args.batch_size}, n={args.n}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"precision={args.precision}, batch={args.batch_size}, n={args.n}"
+    )
     print(f"{'images':>8} {'seconds':>8} {'img/s':>7} {'peak RSS MiB':>13}")
     with tempfile.TemporaryDirectory() as folder:
         out = np.lib.format.open_memmap(
@@ -69,8 +71,10 @@ def main():
             out[done : done + len(images)] = featurizer.transform(images)
             done += len(images)
             seconds = time.perf_counter() - start
-            print(f"{done:>8} {seconds:>8.1f} {done / seconds:>7.1f} {peak_rss_mib():>13.0f}",
-                  flush=True)
+            print(
+                f"{done:>8} {seconds:>8.1f} {done / seconds:>7.1f} {peak_rss_mib():>13.0f}",
+                flush=True,
+            )
             if done >= args.n:
                 break
         out.flush()

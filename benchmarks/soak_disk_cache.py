@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sktransfer import PretrainedFeaturizer, Preprocessing, cache_info, get_backbone_spec
+from sktransfer import Preprocessing, PretrainedFeaturizer, cache_info, get_backbone_spec
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
@@ -49,8 +49,11 @@ def load_images(n):
 def featurizer(cache, input_size):
     spec = get_backbone_spec("efficientnet_lite0")
     preprocessing = Preprocessing(
-        input_size=input_size, resize_size=round(input_size / 0.875), interpolation="bilinear",
-        mean=spec.preprocessing.mean, std=spec.preprocessing.std,
+        input_size=input_size,
+        resize_size=round(input_size / 0.875),
+        interpolation="bilinear",
+        mean=spec.preprocessing.mean,
+        std=spec.preprocessing.std,
     )
     return PretrainedFeaturizer(
         preprocessing=preprocessing, cache=cache, batch_size=64, progress=False
@@ -81,8 +84,14 @@ def main():
         # Overlapping slices: each covers 1/p of the images plus half of the next slice.
         step = n // p
         jobs = [
-            (cache, n, i * step, min(n, (i + 1) * step + step // 2) if i < p - 1 else n,
-             args.input_size, str(Path(folder) / f"{i}.npy"))
+            (
+                cache,
+                n,
+                i * step,
+                min(n, (i + 1) * step + step // 2) if i < p - 1 else n,
+                args.input_size,
+                str(Path(folder) / f"{i}.npy"),
+            )
             for i in range(p)
         ]
         started = time.perf_counter()
@@ -91,8 +100,11 @@ def main():
         seconds = time.perf_counter() - started
         featurized = sum(stop - start for start, stop in spans)
         info = cache_info(cache)
-        print(f"{p} processes featurized {featurized} images ({n} distinct) through one disk "
-              f"cache in {seconds:.1f} s; store: {info.entries} entries, {info.nbytes / 2**20:.1f} MiB")
+        print(
+            f"{p} processes featurized {featurized} images ({n} distinct) through one disk "
+            f"cache in {seconds:.1f} s; store: {info.entries} entries, "
+            f"{info.nbytes / 2**20:.1f} MiB"
+        )
 
         images = load_images(n)
         everything = featurizer(cache, args.input_size).fit(images[:1]).transform(images)
@@ -106,8 +118,10 @@ def main():
         mismatches = int((difference > 1e-4).sum())
         print(f"entries == distinct images: {info.entries == n}")
         print(f"worker results equal to the stored rows: {p - mismatched_workers}/{p}")
-        print(f"recomputed {len(sample)} stored vectors from scratch: {mismatches} mismatches "
-              f"(max abs difference {difference.max():.2e})")
+        print(
+            f"recomputed {len(sample)} stored vectors from scratch: {mismatches} mismatches "
+            f"(max abs difference {difference.max():.2e})"
+        )
         if info.entries != n or mismatched_workers or mismatches:
             raise SystemExit("soak FAILED")
 

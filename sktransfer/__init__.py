@@ -10,6 +10,7 @@ from ._backbones import (
 )
 from ._cache import cache_info, clear_cache
 from ._featurizer import PretrainedFeaturizer
+from ._finetune import FineTuneClassifier
 from ._images import ImageFailure, InvalidImageError
 from ._weights import WeightsIntegrityError, WeightsNotFoundError
 
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Backbone",
     "BackboneSpec",
+    "FineTuneClassifier",
     "ImageFailure",
     "InvalidImageError",
     "Preprocessing",

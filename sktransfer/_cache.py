@@ -676,9 +676,7 @@ def resolve_store(cache) -> MemoryStore | DiskStore | None:
         return _DEFAULT_MEMORY_STORE
     if isinstance(cache, str | os.PathLike):
         return DiskStore(cache)
-    raise TypeError(
-        f"cache must be 'memory', a directory path or None; got {type(cache).__name__}"
-    )
+    raise TypeError(f"cache must be 'memory', a directory path or None; got {type(cache).__name__}")
 
 
 def _existing(store):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import replace
 import warnings
 from numbers import Integral
 
@@ -20,26 +19,15 @@ from ._backbones import (
     Backbone,
     BackboneSpec,
     Preprocessing,
-    get_backbone_spec,
     load_backbone,
     module_fingerprint,
-    module_spec,
     module_stages,
+    resolve_spec,
 )
 from ._cache import content_hash, feature_key, resolve_store
 from ._device import autocast, precision_name, resolve_device, resolve_precision
 from ._images import ImageCollection, InvalidImageError
 from ._loading import iterate_batches
-
-
-def resolve_spec(backbone, weights="default", preprocessing=None) -> BackboneSpec:
-    """The spec of an estimator's ``backbone`` parameter (a name or a module)."""
-    if isinstance(backbone, nn.Module):
-        return module_spec(backbone, preprocessing)
-    spec = get_backbone_spec(backbone, weights)
-    if preprocessing is not None:
-        spec = replace(spec, preprocessing=preprocessing)
-    return spec
 
 
 @functools.lru_cache(maxsize=4)
@@ -262,8 +250,11 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         n_batches = -(-len(indices) // self.batch_size)
         with torch.inference_mode(), autocast(device, dtype):
             for batch_indices, batch, bad in tqdm(
-                batches, total=n_batches, disable=not self.progress or None,
-                desc="featurizing", unit="batch",
+                batches,
+                total=n_batches,
+                disable=not self.progress or None,
+                desc="featurizing",
+                unit="batch",
             ):
                 if batch is None:
                     yield batch_indices, np.empty((0, self.n_features_out_), np.float32), bad

@@ -44,8 +44,10 @@ def load_image_folder(root, extensions=IMAGE_EXTENSIONS):
     paths, labels = [], []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for file in sorted(class_dir.iterdir()):
-            if file.is_file() and not file.name.startswith(".") and (
-                file.suffix.lower() in extensions
+            if (
+                file.is_file()
+                and not file.name.startswith(".")
+                and (file.suffix.lower() in extensions)
             ):
                 paths.append(os.fspath(file))
                 labels.append(class_dir.name)

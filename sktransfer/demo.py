@@ -44,7 +44,9 @@ def main():
         "faces vs non-faces (LFW subset)": load_faces(),
     }
     print("5-fold cross-validated accuracy of a logistic regression head")
-    print(f"{'task':<34} {'n':>4} {'classes':>7} {'raw pixels':>11} {'pretrained':>11} {'time':>10}")
+    print(
+        f"{'task':<34} {'n':>4} {'classes':>7} {'raw pixels':>11} {'pretrained':>11} {'time':>10}"
+    )
     for name, (X, y) in tasks.items():
         raw, pretrained, seconds = _scores(X, y, cv)
         print(

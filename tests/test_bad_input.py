@@ -33,13 +33,20 @@ def _png_claiming(width, height):
     """A tiny valid-looking PNG whose header claims width x height pixels."""
 
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
         )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _truncated_jpeg(path):
@@ -68,11 +75,16 @@ FILE_ROWS = {
     "missing file": (lambda d: str(d / "missing.jpg"), "does not exist"),
     "directory": (lambda d: (d / "folder.jpg").mkdir() or str(d / "folder.jpg"), "directory"),
     "0-byte file": (lambda d: (d / "e.jpg").write_bytes(b"") or str(d / "e.jpg"), "empty"),
-    "text named .jpg": (lambda d: (d / "t.jpg").write_text("hi") and str(d / "t.jpg"), "not an image"),
+    "text named .jpg": (
+        lambda d: (d / "t.jpg").write_text("hi") and str(d / "t.jpg"),
+        "not an image",
+    ),
     "truncated JPEG": (lambda d: _truncated_jpeg(d / "cut.jpg"), "truncated"),
     "corrupt PNG": (lambda d: _corrupt_png(d / "bad.png"), "corrupt"),
-    "decompression bomb": (lambda d: (d / "bomb.png").write_bytes(_png_claiming(60000, 60000))
-                           and str(d / "bomb.png"), "decompression bomb"),
+    "decompression bomb": (
+        lambda d: (d / "bomb.png").write_bytes(_png_claiming(60000, 60000)) and str(d / "bomb.png"),
+        "decompression bomb",
+    ),
     "PNG named .jpg": (lambda d: _save(d / "p.jpg", GOOD, format="PNG"), None),
     "grayscale": (lambda d: _save(d / "g.png", GOOD[..., 0]), None),
     "RGBA": (lambda d: _save(d / "a.png", Image.fromarray(GOOD).convert("RGBA")), None),
@@ -96,8 +108,11 @@ ARRAY_ROWS = {
 
 def featurizer(on_error):
     return PretrainedFeaturizer(
-        make_tiny_backbone(), preprocessing=TINY_PREPROCESSING, progress=False,
-        on_error=on_error, cache=None,
+        make_tiny_backbone(),
+        preprocessing=TINY_PREPROCESSING,
+        progress=False,
+        on_error=on_error,
+        cache=None,
     )
 
 

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from sktransfer._cache import (
+    _INHERITED_CONNECTIONS,
     DATABASE_NAME,
     CacheInfo,
     CacheWarning,
@@ -33,7 +34,6 @@ from sktransfer._cache import (
     resolve_store,
     set_memory_limit,
 )
-from sktransfer._cache import _INHERITED_CONNECTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,7 +223,10 @@ class TestMemoryStore:
         assert store.get_many(["a"])[0] is not None  # "a" is now the most recent
         store.put_many(["d"], np.ones((1, 4)))
         assert [row is not None for row in store.get_many(["a", "b", "c", "d"])] == [
-            True, False, True, True,
+            True,
+            False,
+            True,
+            True,
         ]
         assert store.nbytes == 48 and len(store) == 3
         np.testing.assert_array_equal(store.get_many(["a"])[0], [0, 1, 2, 3])

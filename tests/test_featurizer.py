@@ -48,7 +48,9 @@ class TestRealFeatures:
         np.testing.assert_allclose(from_paths, features, atol=1e-5)
         np.testing.assert_allclose(from_pil, features, atol=1e-5)
 
-    def test_row_order_follows_input_and_is_deterministic(self, default_featurizer, features, photos):
+    def test_row_order_follows_input_and_is_deterministic(
+        self, default_featurizer, features, photos
+    ):
         order = [3, 1, 0, 2]
         reordered = default_featurizer.transform([photos[i] for i in order])
         np.testing.assert_allclose(reordered, features[order], atol=1e-5)
@@ -60,15 +62,19 @@ class TestRealFeatures:
             paths.append(tmp_path / f"{i}.jpg")
             Image.fromarray(photo).save(paths[-1], quality=95)
         jpeg = default_featurizer.transform(paths)
-        similarity = (jpeg * features).sum(1) / np.linalg.norm(jpeg, axis=1) / np.linalg.norm(
-            features, axis=1
+        similarity = (
+            (jpeg * features).sum(1)
+            / np.linalg.norm(jpeg, axis=1)
+            / np.linalg.norm(features, axis=1)
         )
         assert similarity.min() > 0.97
 
     def test_grid_search_beats_chance_and_raw_pixels(self):
         X, y = load_textures(patch_size=128)  # 48 patches, 3 classes
         cv = StratifiedKFold(3, shuffle=True, random_state=0)
-        pipe = make_pipeline(PretrainedFeaturizer(progress=False), LogisticRegression(max_iter=1000))
+        pipe = make_pipeline(
+            PretrainedFeaturizer(progress=False), LogisticRegression(max_iter=1000)
+        )
         search = GridSearchCV(pipe, {"logisticregression__C": [0.1, 1.0]}, cv=cv).fit(X, y)
         raw = make_pipeline(
             FunctionTransformer(lambda a: a.reshape(len(a), -1) / 255.0),
@@ -186,7 +192,12 @@ API_CHECKS = {
 @pytest.mark.parametrize(
     "check_name",
     [
-        pytest.param(name, marks=pytest.mark.xfail(reason=reason, strict=True, raises=(ValueError, AssertionError)))
+        pytest.param(
+            name,
+            marks=pytest.mark.xfail(
+                reason=reason, strict=True, raises=(ValueError, AssertionError)
+            ),
+        )
         if reason
         else name
         for name, reason in API_CHECKS.items()

@@ -20,7 +20,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from torch import nn
 
-from sktransfer import PretrainedFeaturizer, Preprocessing
+from sktransfer import Preprocessing, PretrainedFeaturizer
 from sktransfer._cache import cache_info, clear_cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +97,9 @@ class TestMemoryCache:
         cached = counting_featurizer().fit(X)
         cached.transform(X[:3])
         mixed = cached.transform(X)  # three hits, three computed
-        np.testing.assert_allclose(mixed, counting_featurizer(cache=None).fit_transform(X), atol=1e-6)
+        np.testing.assert_allclose(
+            mixed, counting_featurizer(cache=None).fit_transform(X), atol=1e-6
+        )
 
     def test_a_changed_pixel_or_backbone_recomputes(self):
         X = make_images(5)

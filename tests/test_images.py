@@ -169,7 +169,16 @@ class TestBadArrays:
             (np.full((4, 4), 2.0), "[0, 1]"),
             (np.zeros((4, 4), complex), "dtype"),
         ],
-        ids=["nan", "inf", "zero-size", "two-channels", "4-d", "int-range", "float-range", "complex"],
+        ids=[
+            "nan",
+            "inf",
+            "zero-size",
+            "two-channels",
+            "4-d",
+            "int-range",
+            "float-range",
+            "complex",
+        ],
     )
     def test_bad_sample_in_a_list(self, array, reason):
         failure = _failure([_rgb(), array])

@@ -33,7 +33,11 @@ def test_default_estimators_never_touch_the_network():
     # Offline switches that libraries honour are unset, so a fetch would really be tried.
     env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", SCRIPT],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
