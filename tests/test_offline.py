@@ -1,4 +1,4 @@
-"""No network: importing sktransfer and running the default estimators opens no socket."""
+"""No network: importing sktransfer and running both default estimators opens no socket."""
 
 import os
 import subprocess
@@ -25,6 +25,9 @@ import sktransfer
 X = np.random.default_rng(0).integers(0, 256, (6, 48, 48, 3), dtype=np.uint8)
 features = sktransfer.PretrainedFeaturizer(progress=False).fit_transform(X)
 assert features.shape == (6, 1280)
+clf = sktransfer.FineTuneClassifier(max_epochs=1, train_split=None, verbose=0)
+clf.fit(X, ["tigger", "misty", "neither"] * 2)
+assert clf.predict(X).shape == (6,)
 print("attempts", len(attempts))
 """
 
