@@ -55,15 +55,16 @@ class _BadImage(ValueError):
 
 
 def _kind(item) -> str:
+    """What a sample is, with its article, for messages."""
     if isinstance(item, str | os.PathLike):
-        return "path"
+        return "a path"
     if isinstance(item, Image.Image):
-        return "PIL image"
+        return "a PIL image"
     if isinstance(item, np.ndarray):
-        return "array"
+        return "an array"
     if _is_tensor(item):
-        return "tensor"
-    return type(item).__name__
+        return "a tensor"
+    return f"an object of type {type(item).__name__}"
 
 
 def _is_tensor(obj) -> bool:
@@ -94,8 +95,8 @@ class ImageCollection:
                 X = X[:, 0]
         if isinstance(X, str | os.PathLike | Image.Image):
             raise ValueError(
-                "expected a collection of images (one per sample), got a single "
-                f"{_kind(X)}; wrap it in a list"
+                f"expected a collection of images (one per sample), got {_kind(X)}; "
+                "wrap a single image in a list"
             )
         if _is_tensor(X):
             X = self._tensor_to_channels_last(X)
@@ -133,7 +134,7 @@ class ImageCollection:
         kinds = [_kind(item) for item in self._items]
         first = kinds[0]
         odd = [
-            ImageFailure(i, None, f"is a {kind} but sample 0 is a {first}; do not mix kinds")
+            ImageFailure(i, None, f"is {kind} but sample 0 is {first}; do not mix kinds")
             for i, kind in enumerate(kinds)
             if kind != first
         ]

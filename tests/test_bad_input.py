@@ -158,7 +158,7 @@ class TestWholeInputErrors:
     @pytest.mark.parametrize("on_error", ["raise", "nan"])
     def test_object_array_mixing_paths_and_arrays(self, on_error, tmp_path):
         X = np.array([_save(tmp_path / "g.png", GOOD), GOOD], dtype=object)
-        with pytest.raises(InvalidImageError, match="sample 1: is a array but sample 0 is a path"):
+        with pytest.raises(InvalidImageError, match="sample 1: is an array but sample 0 is a path"):
             featurizer(on_error).fit(X)
 
     @pytest.mark.parametrize("on_error", ["raise", "nan"])

@@ -188,7 +188,7 @@ class TestBadArrays:
         with pytest.raises(InvalidImageError) as info:
             ImageCollection(np.array([good_png, _rgb(), good_png, _rgb()], dtype=object))
         assert [f.index for f in info.value.failures] == [1, 3]
-        assert "is a array but sample 0 is a path" in str(info.value)
+        assert "is an array but sample 0 is a path" in str(info.value)
 
     @pytest.mark.parametrize(
         "X, message",
@@ -196,7 +196,7 @@ class TestBadArrays:
             ([], "empty"),
             (np.zeros((0, 8, 8, 3), np.uint8), "empty"),
             (np.zeros((5, 64)), r"\(N, H, W\)"),
-            ("photo.jpg", "single path"),
+            ("photo.jpg", "got a path; wrap a single image"),
             (torch.zeros(3, 3), r"\(N, C, H, W\)"),
             (42, "int"),
         ],
