@@ -338,7 +338,12 @@ def _torchvision_spec(name: str) -> BackboneSpec:
 def _torchvision_names() -> list[str]:
     import torchvision
 
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+    # SqueezeNet classifies with a convolution, not a linear layer we can cut off.
+    return sorted(
+        name
+        for name in torchvision.models.list_models(module=torchvision.models)
+        if not name.startswith("squeezenet")
+    )
 
 
 def list_backbones(available_only: bool = False) -> list[str]:

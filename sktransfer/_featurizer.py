@@ -189,8 +189,9 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
 
         Returns
         -------
-        features : ndarray of shape (n_samples, n_features_out_), dtype float32
-            In input order; NaN rows for bad samples when ``on_error="nan"``.
+        features : ndarray of shape (n_samples, n_features), dtype float32
+            In input order, ``n_features = n_features_out_``; NaN rows for bad
+            samples when ``on_error="nan"``.
 
         Raises
         ------
@@ -203,7 +204,9 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         features = np.full((len(images), self.n_features_out_), np.nan, dtype=np.float32)
         device = resolve_device(self.device)
         dtype = resolve_precision(self.precision, device)
-        store = resolve_store(self.cache)
+        # Random weights differ at every build, so their features must not be reused.
+        random_weights = isinstance(self.backbone, str) and self.spec_.weights is None
+        store = None if random_weights else resolve_store(self.cache)
         keys = self._cache_keys(images, dtype) if store is not None else [None] * len(images)
         missing = _fill_from_store(store, keys, features)
         failures = []

@@ -56,6 +56,7 @@ class TestDefaultBackbone:
         names = list_backbones()
         assert names[:3] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
         assert "resnet50" in names and "convnext_tiny" in names
+        assert not any(name.startswith("squeezenet") for name in names)  # no linear head
         assert "efficientnet_lite0" in list_backbones(available_only=True)
 
     def test_unknown_name_is_a_clear_error(self):

@@ -191,3 +191,11 @@ class TestDiskCache:
         np.testing.assert_array_equal(np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy"))
         assert cache_info(cache).entries == n
         assert _run_featurizer_process(cache, tmp_path / "again.npy", n) == 0
+
+
+def test_random_weights_are_never_cached():
+    X = make_images(2)
+    before = cache_info("memory").entries
+    for _ in range(2):
+        PretrainedFeaturizer("resnet18", weights=None, progress=False).fit_transform(X)
+    assert cache_info("memory").entries == before
