@@ -1,0 +1,201 @@
+"""The examples and the quick-start notebook run, save their figures and say what they claim.
+
+Each example runs as a script in a fresh process and a temporary working
+directory, as a user would run it; the notebook runs in a Jupyter kernel. The
+numbers they print are the claims their text makes, so each test checks one.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+# Script -> the figures it must save. Every plot_*.py is here or in NOT_RUN_HERE.
+FIGURES = {
+    "plot_quick_start.py": ["quick_start.png"],
+    "plot_learning_curve.py": ["learning_curve.png"],
+    "plot_image_folder.py": ["image_folder.png"],
+    "plot_errors.py": ["confusion_matrix.png", "misclassified.png"],
+    "plot_similar_images.py": ["similar_images.png"],
+    "plot_dask.py": ["dask_task_stream.png"],
+}
+NOT_RUN_HERE = {
+    # About a minute of fine-tuning; the docs build runs it (and fails if it fails).
+    "plot_freeze_depth.py": "fine-tunes for about a minute",
+}
+NEEDS = {"plot_dask.py": "dask.distributed"}
+
+
+def number_after(text, label):
+    """The number printed right after ``label`` (the first occurrence)."""
+    match = re.search(re.escape(label) + r"\s*([-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?)", text)
+    assert match, f"{label!r} not found in the output:\n{text}"
+    return float(match.group(1))
+
+
+def table_row(text, label):
+    """The numbers of the first table row that starts with ``label``."""
+    line = next(line for line in text.splitlines() if line.startswith(label))
+    return [float(cell) for cell in line[len(label) :].split()]
+
+
+# What each example's text claims, checked on what it printed.
+def check_quick_start(out):
+    assert number_after(out, "cross-validated accuracy:") >= 0.95
+    assert number_after(out, "held-out accuracy:") >= 0.9
+
+
+def check_learning_curve(out):
+    # The textures table comes first: pretrained features win at every size,
+    # and with 12 images already beat raw pixels with 96.
+    pretrained, random_weights, raw = (
+        table_row(out, name)
+        for name in ("pretrained features", "random-weight features", "raw pixels")
+    )
+    assert len(pretrained) == len(raw) == 5
+    assert all(p > max(r, w) for p, r, w in zip(pretrained, raw, random_weights))
+    assert pretrained[1] > raw[-1] + 0.2
+
+
+def check_image_folder(out):
+    assert number_after(out, "held-out accuracy:") >= 0.9
+    assert number_after(out, "disk cache:") == 90  # one vector per photo
+
+
+def check_errors(out):
+    match = re.search(r"(\d+) of (\d+) patches misclassified", out)
+    assert match, out
+    n_wrong, n_total = map(int, match.groups())
+    assert n_total == 363 and 0 < n_wrong < 0.1 * n_total
+
+
+def check_similar_images(out):
+    features = number_after(out, "pretrained features:")
+    pixels = number_after(out, "raw pixels:")
+    assert features >= 0.9 and features > pixels + 0.2
+
+
+def check_dask(out):
+    assert number_after(out, "the workers cached") == 48
+    assert "computed (48, 1280) on the cluster" in out
+    assert number_after(out, "largest difference from a local run:") < 1e-4
+
+
+CHECKS = {
+    "plot_quick_start.py": check_quick_start,
+    "plot_learning_curve.py": check_learning_curve,
+    "plot_image_folder.py": check_image_folder,
+    "plot_errors.py": check_errors,
+    "plot_similar_images.py": check_similar_images,
+    "plot_dask.py": check_dask,
+}
+
+
+def test_every_example_is_run_or_excused():
+    scripts = {path.name for path in EXAMPLES.glob("plot_*.py")}
+    assert scripts == set(FIGURES) | set(NOT_RUN_HERE)
+    assert set(CHECKS) == set(FIGURES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(FIGURES))
+def test_example_runs_and_saves_its_figures(script, tmp_path):
+    pytest.importorskip("matplotlib")
+    if script in NEEDS:
+        pytest.importorskip(NEEDS[script])
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    for name in FIGURES[script]:
+        with Image.open(tmp_path / name) as figure:
+            pixels = np.asarray(figure.convert("L"))
+        assert pixels.shape[0] > 100 and pixels.shape[1] > 100
+        assert pixels.std() > 10  # something was drawn
+    CHECKS[script](result.stdout)
+
+
+class TestQuickStartNotebook:
+    """examples/quick_start.ipynb, executed top to bottom in a fresh kernel."""
+
+    @pytest.fixture(scope="class")
+    @staticmethod
+    def notebook(tmp_path_factory):
+        nbformat = pytest.importorskip("nbformat")
+        nbclient = pytest.importorskip("nbclient")
+        pytest.importorskip("ipykernel")
+        pytest.importorskip("matplotlib")
+        notebook = nbformat.read(EXAMPLES / "quick_start.ipynb", as_version=4)
+        # The kernel draws inline, as in Jupyter: no Agg backend from the environment.
+        env = {key: value for key, value in os.environ.items() if key != "MPLBACKEND"}
+        client = nbclient.NotebookClient(
+            notebook,
+            timeout=300,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(tmp_path_factory.mktemp("notebook"))}},
+        )
+        client.execute(env=env)  # raises CellExecutionError naming the failing cell
+        return notebook
+
+    @staticmethod
+    def outputs(notebook, output_type=None):
+        return [
+            output
+            for cell in notebook.cells
+            if cell.cell_type == "code"
+            for output in cell.outputs
+            if output_type is None or output.output_type == output_type
+        ]
+
+    @staticmethod
+    def text(outputs):
+        return "".join(
+            output.get("text", "") + output.get("data", {}).get("text/plain", "")
+            for output in outputs
+        )
+
+    def test_is_stored_without_outputs(self):
+        nbformat = pytest.importorskip("nbformat")
+        stored = nbformat.read(EXAMPLES / "quick_start.ipynb", as_version=4)
+        nbformat.validate(stored)
+        assert all(not cell.get("outputs") for cell in stored.cells if cell.cell_type == "code")
+
+    @pytest.mark.slow
+    def test_runs_and_reports_accuracy(self, notebook):
+        out = self.text(self.outputs(notebook))
+        assert number_after(out, "cross-validated accuracy:") >= 0.95
+        assert number_after(out, "held-out accuracy:") >= 0.9
+
+    @pytest.mark.slow
+    def test_draws_figures_and_html(self, notebook):
+        displays = self.outputs(notebook, "display_data") + self.outputs(
+            notebook, "execute_result"
+        )
+        assert any("image/png" in output.get("data", {}) for output in displays)
+        # The fitted pipeline shows as scikit-learn's HTML diagram.
+        assert any(
+            "PretrainedFeaturizer" in output.get("data", {}).get("text/html", "")
+            for output in displays
+        )
+        # set_output(transform="pandas"): a DataFrame with named feature columns.
+        assert "pretrainedfeaturizer0" in self.text(displays)
+
+    @pytest.mark.slow
+    def test_shows_a_progress_bar(self, notebook):
+        # tqdm's notebook bar needs ipywidgets; without it tqdm warns and shows nothing.
+        pytest.importorskip("ipywidgets")
+        bars = [
+            output
+            for output in self.outputs(notebook, "display_data")
+            if "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+        ]
+        assert any("featurizing" in output["data"]["text/plain"] for output in bars)
