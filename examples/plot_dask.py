@@ -107,7 +107,8 @@ def plot_task_stream(tasks, title, filename):
             if part["action"] == "compute":
                 ax.broken_barh(
                     [(part["start"] - start, part["stop"] - part["start"])],
-                    (row - 0.35, 0.7), edgecolor="white",
+                    (row - 0.35, 0.7),
+                    edgecolor="white",
                 )
     ax.set_yticks(range(len(workers)), [f"worker {i}" for i in range(len(workers))])
     ax.set_xlabel("seconds")
@@ -127,17 +128,21 @@ def main():
     cache = workdir / "features"
     # Worker processes with one thread each: torch then uses one core per worker.
     cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
         silence_logs=logging.ERROR,
     )
     with cluster, Client(cluster) as client:
         start = time.perf_counter()
         search = grid_search_on_cluster(X, y, cache)
-        print(f"grid search on the cluster: {time.perf_counter() - start:.1f} s, "
-              f"best C {search.best_params_['logisticregression__C']}, "
-              f"accuracy {search.best_score_:.3f}")
-        print(f"the workers cached {cache_info(cache).entries} feature vectors "
-              f"for {len(X)} images")
+        print(
+            f"grid search on the cluster: {time.perf_counter() - start:.1f} s, "
+            f"best C {search.best_params_['logisticregression__C']}, "
+            f"accuracy {search.best_score_:.3f}"
+        )
+        print(f"the workers cached {cache_info(cache).entries} feature vectors for {len(X)} images")
 
         # The same files again, without any cache, so that the workers run the network.
         featurizer = PretrainedFeaturizer(cache=None, progress=False).fit(X)
@@ -152,7 +157,8 @@ def main():
     local = featurizer.transform(X[:16])
     print(f"largest difference from a local run: {np.abs(computed[:16] - local).max():.2e}")
     plot_task_stream(
-        stream.data, "Featurizing chunks of 8 images on two worker processes",
+        stream.data,
+        "Featurizing chunks of 8 images on two worker processes",
         "dask_task_stream.png",
     )
     shutil.rmtree(workdir)

@@ -59,9 +59,7 @@ print(f"{len(wrong)} of {len(y)} patches misclassified")
 
 n_columns = 5
 n_rows = max(1, -(-len(wrong) // n_columns))
-fig, axes = plt.subplots(
-    n_rows, n_columns, figsize=(2.2 * n_columns, 2.8 * n_rows), squeeze=False
-)
+fig, axes = plt.subplots(n_rows, n_columns, figsize=(2.2 * n_columns, 2.8 * n_rows), squeeze=False)
 for ax in axes.flat:
     ax.axis("off")
 for ax, index in zip(axes.flat, wrong):

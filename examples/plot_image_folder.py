@@ -104,16 +104,20 @@ search = GridSearchCV(pipe, {"logisticregression__C": [0.01, 0.1, 1.0, 10.0]}, c
 start = time.perf_counter()
 search.fit(X_train, y_train)
 first = time.perf_counter() - start
-print(f"best C: {search.best_params_['logisticregression__C']}, "
-      f"cross-validated accuracy {search.best_score_:.3f}")
+print(
+    f"best C: {search.best_params_['logisticregression__C']}, "
+    f"cross-validated accuracy {search.best_score_:.3f}"
+)
 print(f"held-out accuracy: {search.score(X_test, y_test):.3f} on {len(y_test)} photos")
 print(f"disk cache: {cache_info(cache).entries} feature vectors")
 
 # A second search, as in a new session: every feature comes from the disk.
 start = time.perf_counter()
 GridSearchCV(pipe, {"logisticregression__C": [0.01, 0.1, 1.0, 10.0]}, cv=5).fit(X_train, y_train)
-print(f"grid search: {first:.1f} s computing features, "
-      f"{time.perf_counter() - start:.1f} s reading them from the cache")
+print(
+    f"grid search: {first:.1f} s computing features, "
+    f"{time.perf_counter() - start:.1f} s reading them from the cache"
+)
 
 # %%
 # Predict held-out photos

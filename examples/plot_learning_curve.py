@@ -44,9 +44,7 @@ def flatten(images):
 
 torch.manual_seed(0)  # the same random weights for weights=None on every run
 models = {
-    "pretrained features": make_pipeline(
-        PretrainedFeaturizer(), LogisticRegression(max_iter=1000)
-    ),
+    "pretrained features": make_pipeline(PretrainedFeaturizer(), LogisticRegression(max_iter=1000)),
     "random-weight features": make_pipeline(
         PretrainedFeaturizer(weights=None), StandardScaler(), LogisticRegression(max_iter=1000)
     ),

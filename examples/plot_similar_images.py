@@ -96,8 +96,11 @@ fig, axes = plt.subplots(len(queries), K + 1, figsize=(1.7 * (K + 1), 1.9 * len(
 for row, query in zip(axes, queries):
     for column, (ax, index) in enumerate(zip(row, [query, *feature_neighbours[query]])):
         ax.imshow(images[index])
-        ax.set_title("query" if column == 0 else source[index], fontsize=9,
-                     color="black" if source[index] == source[query] else "red")
+        ax.set_title(
+            "query" if column == 0 else source[index],
+            fontsize=9,
+            color="black" if source[index] == source[query] else "red",
+        )
         ax.set_xticks([])
         ax.set_yticks([])
 fig.suptitle("Nearest neighbours in feature space (red: from another photo)")

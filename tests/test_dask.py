@@ -42,8 +42,10 @@ class CountingBackbone(nn.Module):
 
 def counting_featurizer(**params):
     return PretrainedFeaturizer(
-        CountingBackbone(), preprocessing=Preprocessing(input_size=32, resize_size=32),
-        progress=False, **params,
+        CountingBackbone(),
+        preprocessing=Preprocessing(input_size=32, resize_size=32),
+        progress=False,
+        **params,
     )
 
 
@@ -82,7 +84,10 @@ def _clear_worker_caches():
 def client():
     # Processes, one thread each: what a real cluster does, on the 2 cores we have.
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
         silence_logs=logging.ERROR,
     )
     with cluster, distributed.Client(cluster) as client:

@@ -113,7 +113,11 @@ def test_example_runs_and_saves_its_figures(script, tmp_path):
     env = {**os.environ, "MPLBACKEND": "Agg"}
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / script)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-5000:]
     for name in FIGURES[script]:
@@ -177,9 +181,7 @@ class TestQuickStartNotebook:
 
     @pytest.mark.slow
     def test_draws_figures_and_html(self, notebook):
-        displays = self.outputs(notebook, "display_data") + self.outputs(
-            notebook, "execute_result"
-        )
+        displays = self.outputs(notebook, "display_data") + self.outputs(notebook, "execute_result")
         assert any("image/png" in output.get("data", {}) for output in displays)
         # The fitted pipeline shows as scikit-learn's HTML diagram.
         assert any(

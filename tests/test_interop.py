@@ -132,8 +132,12 @@ class TestModelSelection:
     @pytest.mark.slow
     def test_cross_validate_with_several_metrics(self, pipe, products):
         result = cross_validate(
-            pipe, products, products["label"], cv=CV,
-            scoring=["accuracy", "neg_log_loss"], return_estimator=True,
+            pipe,
+            products,
+            products["label"],
+            cv=CV,
+            scoring=["accuracy", "neg_log_loss"],
+            return_estimator=True,
         )
         assert result["test_accuracy"].mean() >= 0.9
         assert np.all(np.isfinite(result["test_neg_log_loss"]))

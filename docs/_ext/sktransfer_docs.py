@@ -29,8 +29,10 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 def _stages(stages):
     """Stage names, shortened in the middle when there are many."""
-    shown = ", ".join(stages) if len(stages) <= 6 else (
-        f"{', '.join(stages[:2])}, ..., {', '.join(stages[-2:])}"
+    shown = (
+        ", ".join(stages)
+        if len(stages) <= 6
+        else (f"{', '.join(stages[:2])}, ..., {', '.join(stages[-2:])}")
     )
     return f"{len(stages)}: {shown}"
 
@@ -72,14 +74,16 @@ class BackboneTable(SphinxDirective):
         for name in self.arguments[0].split():
             spec = get_backbone_spec(name)
             p = spec.preprocessing
-            rows.append([
-                f"``{name}``",
-                f"{p.input_size} px (resize {p.resize_size}, centre crop), {p.interpolation}",
-                _normalisation(p),
-                str(spec.feature_dim),
-                _stages(spec.stages),
-                _weights(spec),
-            ])
+            rows.append(
+                [
+                    f"``{name}``",
+                    f"{p.input_size} px (resize {p.resize_size}, centre crop), {p.interpolation}",
+                    _normalisation(p),
+                    str(spec.feature_dim),
+                    _stages(spec.stages),
+                    _weights(spec),
+                ]
+            )
         header = ["backbone", "input", "normalisation", "features", "stages", "weights"]
         return self._parse(_list_table(header, rows, (14, 20, 16, 8, 24, 18)))
 
@@ -118,8 +122,10 @@ def public_names():
     """``sktransfer.__all__`` and the functions of ``sktransfer.datasets``, fully qualified."""
     names = {f"sktransfer.{name}" for name in sktransfer.__all__}
     for name, value in vars(sktransfer.datasets).items():
-        if callable(value) and not name.startswith("_") and (
-            getattr(value, "__module__", None) == "sktransfer.datasets"
+        if (
+            callable(value)
+            and not name.startswith("_")
+            and (getattr(value, "__module__", None) == "sktransfer.datasets")
         ):
             names.add(f"sktransfer.datasets.{name}")
     return names
