@@ -108,16 +108,19 @@ def main():
 
         images = load_images(n)
         everything = featurizer(cache, args.input_size).fit(images[:1]).transform(images)
-        mismatched_workers = 0
-        for _, _, start, stop, _, out in jobs:
-            mismatched_workers += int(not np.array_equal(np.load(out), everything[start:stop]))
+        # Workers racing on the same image store whichever result lands last; results of
+        # different batch compositions and thread counts agree to float rounding only.
+        mismatched_workers = sum(
+            not np.allclose(np.load(out), everything[start:stop], atol=1e-4, rtol=0)
+            for _, _, start, stop, _, out in jobs
+        )
         rng = np.random.default_rng(1)
         sample = np.sort(rng.choice(n, size=min(args.check, n), replace=False))
         fresh = featurizer(None, args.input_size).fit(images[:1]).transform(images[sample])
         difference = np.abs(fresh - everything[sample]).max(axis=1)
         mismatches = int((difference > 1e-4).sum())
         print(f"entries == distinct images: {info.entries == n}")
-        print(f"worker results equal to the stored rows: {p - mismatched_workers}/{p}")
+        print(f"worker results equal to the stored rows (atol 1e-4): {p - mismatched_workers}/{p}")
         print(
             f"recomputed {len(sample)} stored vectors from scratch: {mismatches} mismatches "
             f"(max abs difference {difference.max():.2e})"
