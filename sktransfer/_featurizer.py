@@ -13,7 +13,6 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
-from tqdm.auto import tqdm
 
 from ._backbones import (
     Backbone,
@@ -25,9 +24,9 @@ from ._backbones import (
     resolve_spec,
 )
 from ._cache import content_hash, feature_key, resolve_store
-from ._device import autocast, precision_name, resolve_device, resolve_precision
+from ._device import precision_name, resolve_device, resolve_precision
 from ._images import ImageCollection, InvalidImageError
-from ._loading import iterate_batches
+from ._inference import run_batches
 
 
 @functools.lru_cache(maxsize=4)
@@ -210,9 +209,22 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         keys = self._cache_keys(images, dtype) if store is not None else [None] * len(images)
         missing = _fill_from_store(store, keys, features)
         failures = []
-        for indices, rows, bad in self._compute(images, missing, device, dtype):
-            features[indices] = rows
+        batches = run_batches(
+            self._model(device) if missing else None,
+            images,
+            missing,
+            transform=self.spec_.preprocessing,
+            batch_size=self.batch_size,
+            device=device,
+            dtype=dtype,
+            num_workers=self.num_workers,
+            progress="featurizing" if self.progress else None,
+        )
+        for indices, rows, bad in batches:
             failures.extend(bad)
+            if rows is None:
+                continue
+            features[indices] = rows
             # Stored batch by batch: an interrupted run keeps every finished batch.
             _save_to_store(store, [keys[i] for i in indices], rows)
         if failures:
@@ -236,34 +248,6 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             content = content_hash(images[index])
             keys.append(None if content is None else feature_key(model_key, content))
         return keys
-
-    def _compute(self, images: ImageCollection, indices, device, dtype):
-        """Run the backbone on ``images[indices]``; yield ``(indices, rows, failures)``."""
-        if not len(indices):
-            return
-        model = self._model(device)
-        batches = iterate_batches(
-            images,
-            self.spec_.preprocessing,
-            indices,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=device.type == "cuda",
-        )
-        n_batches = -(-len(indices) // self.batch_size)
-        with torch.inference_mode(), autocast(device, dtype):
-            for batch_indices, batch, bad in tqdm(
-                batches,
-                total=n_batches,
-                disable=not self.progress or None,
-                desc="featurizing",
-                unit="batch",
-            ):
-                if batch is None:
-                    yield batch_indices, np.empty((0, self.n_features_out_), np.float32), bad
-                    continue
-                batch = batch.to(device, non_blocking=True, memory_format=torch.channels_last)
-                yield batch_indices, model(batch).float().cpu().numpy(), bad
 
     def _model(self, device: torch.device) -> nn.Module:
         if isinstance(self.backbone, nn.Module):
