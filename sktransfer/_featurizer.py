@@ -82,8 +82,11 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     device : str or torch.device, default="auto"
         ``"auto"`` picks CUDA, then MPS, then CPU.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
-        Compute precision; ``"auto"`` is bf16 (or fp16) autocast on CUDA
-        and fp32 on CPU. Features are always returned as float32.
+        Compute precision; ``"auto"`` is bf16 autocast on CUDA GPUs that
+        compute it natively (fp16 on older ones) and fp32 on CPU. An explicit
+        ``"bf16"``/``"fp16"`` on a CPU without native support for it (AVX-512
+        BF16/FP16, AMX) warns: torch emulates it, 20x slower than fp32.
+        Features are always returned as float32.
     num_workers : int, default=0
         DataLoader worker processes that decode and resize images while the
         network runs; 0 decodes in the main process.
