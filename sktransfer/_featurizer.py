@@ -23,10 +23,11 @@ from ._backbones import (
     module_stages,
     resolve_spec,
 )
-from ._cache import content_hash, feature_key, resolve_store
+from ._cache import DiskStore, content_hash, feature_key, resolve_store
 from ._device import precision_name, resolve_device, resolve_precision
 from ._images import ImageCollection, InvalidImageError
 from ._inference import run_batches
+from ._onnx import _import_onnxruntime, onnx_engine
 
 
 @functools.lru_cache(maxsize=4)
@@ -87,6 +88,12 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         ``"bf16"``/``"fp16"`` on a CPU without native support for it (AVX-512
         BF16/FP16, AMX) warns: torch emulates it, 20x slower than fp32.
         Features are always returned as float32.
+    engine : {"torch", "onnxruntime"}, default="torch"
+        What computes the backbone. ``"onnxruntime"`` exports it to ONNX once
+        per process (kept in the cache directory when ``cache`` is one) and
+        runs it with ONNX Runtime, on CUDA when its GPU package is installed:
+        on CPUs about 2-3x faster than torch, with the same features to float
+        rounding (fp32 only). Needs ``pip install "sktransfer[onnx]"``.
     num_workers : int, default=0
         DataLoader worker processes that decode and resize images while the
         network runs; 0 decodes in the main process.
@@ -127,6 +134,7 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str, torch.device],
         "precision": [StrOptions({"auto", "fp32", "bf16", "fp16"})],
+        "engine": [StrOptions({"torch", "onnxruntime"})],
         "num_workers": [Interval(Integral, 0, None, closed="left")],
         "on_error": [StrOptions({"raise", "nan"})],
         "cache": [str, os.PathLike, None],
@@ -142,6 +150,7 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         batch_size=16,
         device="auto",
         precision="auto",
+        engine="torch",
         num_workers=0,
         on_error="raise",
         cache="memory",
@@ -153,6 +162,7 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.batch_size = batch_size
         self.device = device
         self.precision = precision
+        self.engine = engine
         self.num_workers = num_workers
         self.on_error = on_error
         self.cache = cache
@@ -172,6 +182,13 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self : PretrainedFeaturizer
         """
         self._validate_params()
+        if self.engine == "onnxruntime":
+            _import_onnxruntime()
+            if self.precision not in ("auto", "fp32"):
+                raise ValueError(
+                    f'precision="{self.precision}" needs engine="torch"; engine="onnxruntime" '
+                    'computes in fp32 (precision="auto" or "fp32")'
+                )
         ImageCollection(X)
         self.spec_ = resolve_spec(self.backbone, self.weights, self.preprocessing)
         self.n_features_out_ = self.spec_.feature_dim
@@ -205,7 +222,11 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         images = ImageCollection(X)
         features = np.full((len(images), self.n_features_out_), np.nan, dtype=np.float32)
         device = resolve_device(self.device)
-        dtype = resolve_precision(self.precision, device)
+        dtype = (
+            torch.float32
+            if self.engine == "onnxruntime"
+            else resolve_precision(self.precision, device)
+        )
         # Random weights differ at every build, so their features must not be reused.
         random_weights = isinstance(self.backbone, str) and self.spec_.weights is None
         store = None if random_weights else resolve_store(self.cache)
@@ -213,7 +234,7 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         missing = _fill_from_store(store, keys, features)
         failures = []
         batches = run_batches(
-            self._model(device) if missing else None,
+            self._engine(device, store) if missing else None,
             images,
             missing,
             transform=self.spec_.preprocessing,
@@ -241,16 +262,32 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             )
         return features
 
-    def _cache_keys(self, images: ImageCollection, dtype: torch.dtype) -> list[str | None]:
-        """One key per sample, or None where its content cannot be read."""
+    def _model_key(self, dtype: torch.dtype) -> str:
+        """Identity of the feature function; engines that agree to float rounding share it."""
         model_key = f"{self.spec_.key}|{precision_name(dtype)}"
         if isinstance(self.backbone, nn.Module):
             model_key += f"|{module_fingerprint(self.backbone)}"
+        return model_key
+
+    def _cache_keys(self, images: ImageCollection, dtype: torch.dtype) -> list[str | None]:
+        """One key per sample, or None where its content cannot be read."""
+        model_key = self._model_key(dtype)
         keys = []
         for index in range(len(images)):
             content = content_hash(images[index])
             keys.append(None if content is None else feature_key(model_key, content))
         return keys
+
+    def _engine(self, device: torch.device, store):
+        if self.engine == "torch":
+            return self._model(device)
+        return onnx_engine(
+            self._model_key(torch.float32),
+            lambda: self._model(torch.device("cpu")),
+            self.spec_.preprocessing.input_size,
+            device,
+            store.directory if isinstance(store, DiskStore) else None,
+        )
 
     def _model(self, device: torch.device) -> nn.Module:
         if isinstance(self.backbone, nn.Module):

@@ -1,0 +1,138 @@
+"""engine="onnxruntime": the same features as torch, exported once, kept only when ours."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from sktransfer import PretrainedFeaturizer
+from sktransfer import _onnx as onnx_module
+from sktransfer._cache import clear_cache
+from sktransfer._onnx import model_path
+
+from .conftest import TINY_PREPROCESSING, make_tiny_backbone
+
+pytest.importorskip("onnxruntime")
+
+
+def cosine(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def tiny(engine, cache=None, **params):
+    return PretrainedFeaturizer(
+        make_tiny_backbone(),
+        preprocessing=TINY_PREPROCESSING,
+        engine=engine,
+        device="cpu",
+        cache=cache,
+        progress=False,
+        **params,
+    )
+
+
+@pytest.fixture
+def exports(monkeypatch):
+    """Count exports; each test starts with no model in this process."""
+    monkeypatch.setattr(onnx_module, "_sessions", type(onnx_module._sessions)())
+    calls = []
+    real = onnx_module.export_onnx
+
+    def counting(*args):
+        calls.append(args[2])
+        return real(*args)
+
+    monkeypatch.setattr(onnx_module, "export_onnx", counting)
+    return calls
+
+
+class TestSameFunction:
+    def test_features_equal_torch_to_float_rounding(self, small_images, exports):
+        expected = tiny("torch").fit_transform(small_images)
+        # A batch size that leaves a short last batch: the batch axis is dynamic.
+        features = tiny("onnxruntime", batch_size=5).fit_transform(small_images)
+        assert features.dtype == np.float32 and features.shape == expected.shape
+        np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
+        assert cosine(features, expected).min() >= 0.9999
+
+    def test_the_cache_is_shared_with_the_torch_engine(self, small_images, exports):
+        clear_cache("memory")
+        computed = tiny("torch", cache="memory").fit_transform(small_images)
+        reused = tiny("onnxruntime", cache="memory").fit_transform(small_images)
+        np.testing.assert_array_equal(reused, computed)
+        assert exports == []  # every row came from the cache: nothing to run
+        clear_cache("memory")
+
+    def test_bad_samples_are_named_as_with_torch(self, small_images, tmp_path, exports):
+        missing = str(tmp_path / "missing.png")
+        featurizer = tiny("onnxruntime", on_error="nan").fit([missing])
+        with pytest.warns(UserWarning, match="missing.png"):
+            assert np.isnan(featurizer.transform([missing])).all()
+
+
+class TestExportOnce:
+    def test_once_per_process(self, small_images, exports):
+        tiny("onnxruntime").fit_transform(small_images[:4])
+        tiny("onnxruntime").fit_transform(small_images[4:8])
+        assert len(exports) == 1
+
+    def test_kept_in_the_cache_directory_for_later_processes(self, small_images, tmp_path, exports):
+        first = tiny("onnxruntime", cache=tmp_path).fit(small_images)
+        expected = first.transform(small_images[:6])
+        (key,) = exports
+        assert model_path(tmp_path, key).is_file()
+        # A later process: nothing in memory, the model comes from the directory.
+        onnx_module._sessions.clear()
+        features = tiny("onnxruntime", cache=tmp_path).fit_transform(small_images[6:])
+        assert len(exports) == 1
+        np.testing.assert_allclose(
+            features, tiny("torch").fit_transform(small_images[6:]), rtol=1e-4, atol=1e-5
+        )
+        assert np.isfinite(expected).all()
+
+    @pytest.mark.parametrize("content", [b"not a model", "another key"])
+    def test_a_file_that_is_not_ours_is_replaced(self, small_images, tmp_path, exports, content):
+        tiny("onnxruntime", cache=tmp_path).fit_transform(small_images[:2])
+        (key,) = exports
+        path = model_path(tmp_path, key)
+        if isinstance(content, str):
+            # A valid model, but of another function (what a stale or planted file is).
+            content = onnx_module.export_onnx(make_tiny_backbone(seed=1), 32, content)
+        path.write_bytes(content)
+        onnx_module._sessions.clear()
+        features = tiny("onnxruntime", cache=tmp_path).fit_transform(small_images[2:4])
+        np.testing.assert_allclose(
+            features, tiny("torch").fit_transform(small_images[2:4]), rtol=1e-4, atol=1e-5
+        )
+        assert onnx_module._stored_key(path.read_bytes()) == key
+
+
+class TestClearErrors:
+    def test_without_onnxruntime_the_error_names_the_extra(self, small_images, monkeypatch):
+        monkeypatch.setitem(sys.modules, "onnxruntime", None)
+        with pytest.raises(ImportError, match=r"sktransfer\[onnx\]"):
+            tiny("onnxruntime").fit(small_images)
+
+    def test_reduced_precision_needs_the_torch_engine(self, small_images):
+        with pytest.raises(ValueError, match='precision="bf16" needs engine="torch"'):
+            tiny("onnxruntime", precision="bf16").fit(small_images)
+
+    def test_unknown_engine_is_named(self, small_images):
+        with pytest.raises(ValueError, match="engine"):
+            tiny("tensorflow").fit(small_images)
+
+
+@pytest.mark.slow
+def test_default_backbone_on_real_photos(photos):
+    """The real default network, exported, computes the torch engine's features."""
+    torch_features = PretrainedFeaturizer(cache=None, progress=False).fit_transform(photos)
+    onnx_features = PretrainedFeaturizer(
+        engine="onnxruntime", cache=None, progress=False
+    ).fit_transform(photos)
+    assert cosine(onnx_features, torch_features).min() >= 0.9999
+    # Different photos stay different: the comparison is not between constant vectors.
+    assert cosine(onnx_features[:1], onnx_features[1:2])[0] < 0.95
+    assert torch.allclose(
+        torch.from_numpy(onnx_features), torch.from_numpy(torch_features), atol=1e-3
+    )
