@@ -2,43 +2,64 @@
 
 Freezing counts the backbone's stages (see :class:`~sktransfer.BackboneSpec`).
 Frozen stages get ``requires_grad=False`` and stay in eval mode, so they
-compute a fixed function: when the inputs are fixed too (no augmentation),
-``fit`` runs them once over the training images and trains the rest on the
-stored outputs every epoch.
+compute a fixed function of the image: their outputs are computed once and
+kept in the feature store (the featurizer's), shared by every fit, fold,
+parameter setting and ``predict`` that freezes the same stages.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
 import os
 import warnings
-from dataclasses import dataclass
 from fnmatch import fnmatch
 from functools import partial
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import (
+    Interval,
+    Options,
+    StrOptions,
+    validate_parameter_constraints,
+)
+from sklearn.utils.class_weight import compute_class_weight
 from skorch import NeuralNetClassifier
-from skorch.dataset import ValidSplit
+from skorch.callbacks import Callback
 from skorch.utils import is_dataset, to_device
 from torch import nn
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from ._backbones import Preprocessing, load_backbone, pool_features, resolve_spec
-from ._device import resolve_device
+from ._backbones import (
+    Preprocessing,
+    load_backbone,
+    module_fingerprint,
+    pool_features,
+    resolve_spec,
+)
+from ._cache import content_hash, feature_key, resolve_store
+from ._device import autocast, precision_name, resolve_device, resolve_precision
 from ._images import ImageCollection, InvalidImageError
 from ._loading import iterate_batches
+from ._transforms import EvalView, eval_views, train_augmentation
 
-#: Largest cache of frozen-stage outputs ``fit`` keeps in memory; above it the
-#: frozen stages run on every batch instead (with a warning).
+#: Largest set of frozen-stage outputs one ``fit`` or ``predict`` holds in
+#: memory; above it the frozen stages run on every batch instead (with a warning).
 FROZEN_CACHE_LIMIT_BYTES = 2 * 1024**3
 
-#: skorch's classifier default: a stratified 80/20 split for validation scores.
-DEFAULT_TRAIN_SPLIT = ValidSplit(5, stratified=True)
+#: Largest per-image frozen-stage output kept in the feature store. The first
+#: stages of a CNN at full resolution output up to megabytes per image (the
+#: Lite0 stem: 1.6 MB at 224 px), which would crowd out everything else; the
+#: depths a search usually tries (all but the last one or two stages, or the
+#: whole backbone) output 5-300 KB.
+FROZEN_STORE_MAX_ROW_BYTES = 512 * 1024
+
+#: Parameters the network is built from: changing one rebuilds it, even with warm_start.
+NETWORK_PARAMS = ("backbone", "weights", "preprocessing", "head", "dropout", "freeze")
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -60,16 +81,29 @@ class FineTuneNetwork(nn.Module):
         ``requires_grad=False`` and they stay in eval mode even when the
         network trains, so BatchNorm keeps its running statistics and
         dropout stays off.
+    precision : torch.dtype, default=torch.float32
+        Compute dtype of the frozen stages (autocast when not float32).
     """
 
-    def __init__(self, stages: nn.Sequential, head: nn.Module, n_frozen: int):
+    def __init__(
+        self,
+        stages: nn.Sequential,
+        head: nn.Module,
+        n_frozen: int,
+        precision: torch.dtype = torch.float32,
+    ):
         super().__init__()
         self.stages = stages
         self.head = head
+        self.precision = precision
+        self.set_frozen(n_frozen)
+
+    def set_frozen(self, n_frozen: int) -> None:
+        """Freeze the first ``n_frozen`` stages and let the others train."""
         self.n_frozen = n_frozen
-        for index, stage in enumerate(stages):
+        for index, stage in enumerate(self.stages):
             stage.requires_grad_(index >= n_frozen)
-        self.train()
+        self.train(self.training)
 
     @property
     def frozen_stages(self) -> nn.Sequential:
@@ -85,13 +119,14 @@ class FineTuneNetwork(nn.Module):
         return self
 
     def forward_frozen(self, images: torch.Tensor) -> torch.Tensor:
-        """Output of the frozen stages; pooled when the whole backbone is frozen."""
+        """Output of the frozen stages (float32); pooled when the whole backbone is frozen."""
         if self.n_frozen == 0:
             return images
-        with torch.no_grad():
+        with torch.no_grad(), autocast(images.device, self.precision):
             x = self.frozen_stages(_channels_last(images))
-        # Pooling has no parameters, so a fully frozen backbone can hand over (N, D) features.
-        return pool_features(x) if self.n_frozen == len(self.stages) else x
+            # Pooling has no parameters, so a fully frozen backbone can hand over (N, D) features.
+            x = pool_features(x) if self.n_frozen == len(self.stages) else x
+        return x.float()
 
     def forward_trainable(self, activations: torch.Tensor) -> torch.Tensor:
         """Logits from the output of :meth:`forward_frozen`."""
@@ -134,43 +169,27 @@ def frozen_stage_count(freeze, name: str, stages: tuple[str, ...]) -> int:
     )
 
 
-@dataclass(frozen=True)
-class TrainAugmentation:
-    """Random resized crop and horizontal flip, sized and normalised like ``preprocessing``.
+def activation_row(activation: torch.Tensor, pooled: bool) -> np.ndarray:
+    """One image's frozen-stage output as a flat float32 row for the feature store.
 
-    Parameters
-    ----------
-    preprocessing : Preprocessing
-        Gives the output size, interpolation, mean and std.
-    scale : tuple of 2 floats, default=(0.08, 1.0)
-        Range of the crop's area as a fraction of the image (torchvision's default).
+    Pooled features are stored as they are, exactly as the featurizer stores
+    them, so both share entries. An unpooled activation is prefixed with its
+    number of dimensions and its shape (small ints are exact in float32).
     """
+    flat = activation.reshape(-1).numpy()
+    if pooled:
+        return flat
+    header = np.array([activation.ndim, *activation.shape], dtype=np.float32)
+    return np.concatenate([header, flat])
 
-    preprocessing: Preprocessing
-    scale: tuple[float, float] = (0.08, 1.0)
 
-    def __call__(self, rgb: np.ndarray) -> torch.Tensor:
-        import torchvision.transforms as T
-        import torchvision.transforms.v2.functional as F
-
-        p = self.preprocessing
-        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-        top, left, height, width = T.RandomResizedCrop.get_params(
-            image, scale=list(self.scale), ratio=[3 / 4, 4 / 3]
-        )
-        image = F.resized_crop(
-            image,
-            top,
-            left,
-            height,
-            width,
-            [p.input_size, p.input_size],
-            interpolation=F.InterpolationMode(p.interpolation),
-            antialias=True,
-        )
-        if torch.rand(()) < 0.5:
-            image = F.horizontal_flip(image)
-        return F.normalize(image.float().div_(255), p.mean, p.std)
+def activation_from_row(row: np.ndarray, pooled: bool) -> torch.Tensor:
+    """Inverse of :func:`activation_row`."""
+    if pooled:
+        return torch.from_numpy(np.array(row, dtype=np.float32))
+    ndim = int(row[0])
+    shape = [int(d) for d in row[1 : 1 + ndim]]
+    return torch.from_numpy(np.array(row[1 + ndim :], dtype=np.float32).reshape(shape))
 
 
 class ImageDataset(Dataset):
@@ -203,7 +222,8 @@ class ActivationDataset(Dataset):
         return len(self.activations)
 
     def __getitem__(self, index: int):
-        return {"activations": self.activations[index]}, self.y[index]
+        target = 0 if self.y is None else self.y[index]
+        return {"activations": self.activations[index]}, target
 
 
 def _with_transform(dataset, transform):
@@ -259,17 +279,47 @@ def _set_scaled_lr(net, param, value):
         group["lr"] = value * group.get("lr_scale", 1.0)
 
 
+class EpochProgress(Callback):
+    """A progress bar over the epochs of a fit, with the last training loss.
+
+    Shown when the net's ``progress`` is True and the output is a terminal or
+    a notebook (tqdm's own check), so it stays silent in logs and in the
+    worker processes of a parallel search; it clears itself when done.
+    """
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        self.bar_ = tqdm(
+            total=net.max_epochs + net._warmup_epochs_pending(),
+            desc="epochs",
+            unit="epoch",
+            leave=False,
+            disable=not net.progress or None,
+        )
+
+    def on_epoch_end(self, net, **kwargs):
+        self.bar_.update()
+        self.bar_.set_postfix(train_loss=f"{net.history[-1, 'train_loss']:.4f}", refresh=False)
+
+    def on_train_end(self, net, X=None, y=None, **kwargs):
+        self.bar_.close()
+
+
 class FineTuneClassifier(NeuralNetClassifier):
     """Fine-tune a pretrained image backbone with a new classification head.
 
     A :class:`skorch.NeuralNetClassifier` whose module is built in ``fit``:
     the backbone (from the registry or a module), global average pooling and
     a head sized from the classes in ``y``. ``freeze`` chooses how many
-    leading stages of the backbone stay fixed. When the frozen stages see
-    fixed inputs (``augment=False``), ``fit`` runs them once over the images
-    and trains the rest on their outputs every epoch, so a
-    ``freeze="backbone"`` epoch costs about as much as training a linear
-    model on features.
+    leading stages of the backbone stay fixed.
+
+    The frozen stages compute a fixed function of the image, so their output
+    for each image is computed once and kept in the feature store ``cache``,
+    keyed by the backbone's identity, the number of frozen stages, the
+    precision and the image's content: every epoch, every fold and parameter
+    setting of a search, and every ``predict`` that freezes the same stages
+    reuse it. With ``freeze="backbone"`` the entries are the ones
+    :class:`PretrainedFeaturizer` stores for the same backbone, so featurizing
+    first makes training the head nearly free.
 
     Parameters
     ----------
@@ -279,7 +329,8 @@ class FineTuneClassifier(NeuralNetClassifier):
         children are its stages. The module is copied, never changed.
     weights : "default", None or path, default="default"
         ``"default"``: the registry's pretrained weights; ``None``: random
-        initialisation (a baseline); a path: a state dict file.
+        initialisation (a baseline, seeded by ``random_state``); a path: a
+        state dict file.
     preprocessing : Preprocessing, default=None
         Overrides the preprocessing that belongs to the weights; for a
         module backbone, defaults to ImageNet's (224 px).
@@ -291,16 +342,63 @@ class FineTuneClassifier(NeuralNetClassifier):
         ``"backbone"``: only the head trains. An int k >= 0: the first k
         stages are frozen (0 trains everything). A negative int -k: all but
         the last k stages are frozen. ``stages_`` lists the stages.
+    warmup_epochs : int, default=0
+        Probe, then tune: first train only the head for this many epochs,
+        with the whole backbone frozen (on cached features, so nearly
+        free), then train the stages ``freeze`` leaves trainable with it for
+        ``max_epochs``. A new head trained jointly with pretrained stages
+        sends large, random gradients into them; a head that already fits
+        does not (Kumar et al., ICLR 2022; fastai's ``fine_tune``). No
+        effect with ``freeze="backbone"`` or with ``warm_start`` fits that
+        continue training.
     backbone_lr_scale : float, default=0.1
         Learning rate of the trainable backbone stages relative to ``lr``,
         the head's; pretrained weights need smaller steps than a new head.
     augment : bool, default=False
-        Train on random resized crops and horizontal flips, sized from the
-        preprocessing. The frozen stages then run on every batch.
+        Train on random resized crops and horizontal flips (torchvision v2),
+        sized from the preprocessing. The frozen stages then run on every
+        batch of training; ``predict`` still uses the store.
+    tta : {False, "flip", "ten_crop"}, default=False
+        Test-time augmentation: ``predict_proba`` averages the probabilities
+        of several views of each image. ``"flip"``: the centre crop and its
+        mirror image (2 passes); ``"ten_crop"``: the centre and four corner
+        crops of the resized image and their mirror images (10 passes, as
+        torchvision's ``TenCrop``). Each view's frozen outputs are cached
+        like the plain view's.
+    class_weight : "balanced", dict or None, default=None
+        Weights of the classes in the loss, as in scikit-learn:
+        ``"balanced"`` weights each class by ``n_samples / (n_classes *
+        count)`` of the ``y`` given to ``fit``; a dict maps labels to weights
+        (others get 1). Single-label ``y`` and the default criterion only.
+    label_smoothing : float, default=0.0
+        Mix the one-hot targets with the uniform distribution (torch's
+        ``CrossEntropyLoss(label_smoothing=)``). Single-label ``y`` and the
+        default criterion only.
+    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+        Compute precision of the frozen stages and of prediction, as the
+        featurizer's: ``"auto"`` is bf16 (or fp16) autocast on CUDA and fp32
+        on CPU. Trainable stages and the head train in float32.
+    cache : "memory", str, os.PathLike or None, default="memory"
+        Feature store for the frozen stages' outputs: ``"memory"``, the
+        process-wide LRU (bounded in bytes) that the featurizer uses; a
+        directory, a SQLite store shared by processes and later sessions;
+        None, nothing stored across fits. Outputs larger than
+        ``FROZEN_STORE_MAX_ROW_BYTES`` per image (early stages at full
+        resolution) are not stored; randomly initialised registry backbones
+        are never cached.
     cache_frozen : bool, default=True
-        Run the frozen stages once per ``fit`` (when ``augment=False``) and
-        keep their outputs in memory, up to ``FROZEN_CACHE_LIMIT_BYTES``.
-        ``False`` runs them on every batch.
+        Run the frozen stages once per image rather than on every batch:
+        from the store, else once per ``fit`` (held in memory up to
+        ``FROZEN_CACHE_LIMIT_BYTES``). ``False`` runs them on every batch.
+    random_state : int, RandomState instance or None, default=None
+        Seeds everything random in ``fit``: head initialisation, dropout,
+        shuffling, augmentation and a randomly initialised backbone, so two
+        fits give identical models and a search gives the same result with
+        any ``n_jobs``. torch's global random state is restored afterwards.
+        None draws from torch's global generator.
+    progress : bool, default=True
+        Show progress bars (frozen-stage pass, epochs, prediction) when the
+        output is a terminal or a notebook; they clear themselves when done.
     classes : array-like, default=None
         The class labels, in the order of ``predict_proba``'s columns (for
         multi-label ``y``: one name per column). Default: the sorted labels
@@ -315,19 +413,26 @@ class FineTuneClassifier(NeuralNetClassifier):
     lr : float, default=1e-3
         Learning rate of the head.
     max_epochs : int, default=10
-        Number of epochs.
+        Number of epochs (after ``warmup_epochs``).
     batch_size : int, default=16
         Images per step; moderate batches are fastest on CPU.
-    train_split : callable or None, default=ValidSplit(5, stratified=True)
-        Internal validation split (skorch's); ``None`` trains on all data.
-        Multi-label ``y`` is split without stratification.
+    train_split : callable or None, default=None
+        None trains on everything ``fit`` gets: validation is the job of
+        cross-validation around the estimator, as in scikit-learn. Pass a
+        skorch split such as ``ValidSplit(5, stratified=True)`` for
+        validation scores per epoch (and ``EarlyStopping``); a stratified
+        split needs enough samples of every class, and says so. Multi-label
+        ``y`` is split without stratification.
     callbacks : list or None, default=None
         skorch callbacks: ``EarlyStopping``, ``Checkpoint``,
         ``LRScheduler``, ``Freezer``, ...
     warm_start : bool, default=False
-        Continue training the current network on the next ``fit``.
-    verbose : int, default=1
-        Print a table of losses per epoch.
+        Continue training the current network on the next ``fit``, unless a
+        parameter it is built from changed (``backbone``, ``weights``,
+        ``preprocessing``, ``head``, ``dropout``, ``freeze``): then it is
+        built afresh.
+    verbose : int, default=0
+        1 prints skorch's table of losses per epoch.
     device : str or torch.device, default="auto"
         ``"auto"`` picks CUDA, then MPS, then CPU.
     **kwargs
@@ -341,6 +446,8 @@ class FineTuneClassifier(NeuralNetClassifier):
         The class labels (multi-label: the column names, default 0..L-1).
     multilabel_ : bool
         Whether ``y`` was a 2-D 0/1 matrix.
+    class_weight_ : ndarray or None
+        The weight of each class in the loss, in the order of ``classes_``.
     spec_ : BackboneSpec
         The resolved backbone: preprocessing, feature dimension, stages.
     stages_ : tuple of str
@@ -350,7 +457,8 @@ class FineTuneClassifier(NeuralNetClassifier):
     module_ : FineTuneNetwork
         The network: ``stages`` (the backbone's) and ``head``.
     history_ : skorch.History
-        Losses and scores per epoch and batch.
+        Losses and scores per epoch and batch; the first ``warmup_epochs``
+        rows are the head-only epochs.
 
     See Also
     --------
@@ -363,7 +471,7 @@ class FineTuneClassifier(NeuralNetClassifier):
     >>> rng = np.random.default_rng(0)
     >>> images = rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
     >>> labels = np.array(["cat", "dog"] * 3)
-    >>> clf = FineTuneClassifier(max_epochs=2, train_split=None, verbose=0)
+    >>> clf = FineTuneClassifier(max_epochs=2, random_state=0)
     >>> clf.fit(images, labels).predict(images[:2]).shape
     (2,)
     >>> clf.stages_[:3]
@@ -376,9 +484,17 @@ class FineTuneClassifier(NeuralNetClassifier):
         "preprocessing": [Preprocessing, None],
         "head": [StrOptions({"linear"}), tuple, list],
         "dropout": [Interval(Real, 0, 1, closed="left")],
+        "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
         "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
         "augment": ["boolean"],
+        "tta": [StrOptions({"flip", "ten_crop"}), Options(bool, {False})],
+        "class_weight": [StrOptions({"balanced"}), dict, None],
+        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
+        "precision": [StrOptions({"auto", "fp32", "bf16", "fp16"})],
+        "cache": [str, os.PathLike, None],
         "cache_frozen": ["boolean"],
+        "random_state": ["random_state"],
+        "progress": ["boolean"],
     }
 
     def __init__(
@@ -390,32 +506,47 @@ class FineTuneClassifier(NeuralNetClassifier):
         head="linear",
         dropout=0.2,
         freeze="backbone",
+        warmup_epochs=0,
         backbone_lr_scale=0.1,
         augment=False,
+        tta=False,
+        class_weight=None,
+        label_smoothing=0.0,
+        precision="auto",
+        cache="memory",
         cache_frozen=True,
+        random_state=None,
+        progress=True,
         classes=None,
         criterion=None,
         optimizer=torch.optim.AdamW,
         lr=1e-3,
         max_epochs=10,
         batch_size=16,
-        train_split=DEFAULT_TRAIN_SPLIT,
+        train_split=None,
         callbacks=None,
         warm_start=False,
-        verbose=1,
+        verbose=0,
         device="auto",
         **kwargs,
     ):
-        # Set before skorch's __init__, which would take a module backbone for a component.
         self.backbone = backbone
         self.weights = weights
         self.preprocessing = preprocessing
         self.head = head
         self.dropout = dropout
         self.freeze = freeze
+        self.warmup_epochs = warmup_epochs
         self.backbone_lr_scale = backbone_lr_scale
         self.augment = augment
+        self.tta = tta
+        self.class_weight = class_weight
+        self.label_smoothing = label_smoothing
+        self.precision = precision
+        self.cache = cache
         self.cache_frozen = cache_frozen
+        self.random_state = random_state
+        self.progress = progress
         kwargs.setdefault("iterator_train__shuffle", True)
         super().__init__(
             FineTuneNetwork,
@@ -432,6 +563,14 @@ class FineTuneClassifier(NeuralNetClassifier):
             device=device,
             **kwargs,
         )
+
+    def __setattr__(self, name, value):
+        # skorch refuses an nn.Module set outside initialize() as an untracked
+        # component; a module backbone is a parameter, copied when the network is built.
+        if name == "backbone":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     # skorch reads self.device wherever it moves data and needs a concrete device;
     # "auto" resolves here, while get_params and pickles keep what the user gave.
@@ -453,6 +592,10 @@ class FineTuneClassifier(NeuralNetClassifier):
         params["device"] = self.__dict__["device"]
         return params
 
+    @property
+    def _default_callbacks(self):
+        return [*super()._default_callbacks, ("progress", EpochProgress())]
+
     # --- building the network ---
 
     def _check_finetune_params(self):
@@ -468,6 +611,13 @@ class FineTuneClassifier(NeuralNetClassifier):
                 f"head must be 'linear' or a tuple of positive ints; got {self.head!r}"
             )
 
+    def _torch_device(self) -> torch.device:
+        # device=None (skorch's "leave tensors where they are") computes on the CPU.
+        return torch.device("cpu") if self.device is None else torch.device(self.device)
+
+    def _compute_dtype(self) -> torch.dtype:
+        return resolve_precision(self.precision, self._torch_device())
+
     def initialize_module(self):
         """Build the network: pretrained backbone, frozen prefix and a new head."""
         self._check_finetune_params()
@@ -479,24 +629,65 @@ class FineTuneClassifier(NeuralNetClassifier):
                 )
             self.classes_inferred_ = np.asarray(self.classes)
             self.multilabel_ = False
+            self.class_weight_ = None
+            if isinstance(self.class_weight, dict):
+                self.class_weight_ = compute_class_weight(
+                    self.class_weight, classes=self.classes_inferred_, y=self.classes_inferred_
+                )
         spec = resolve_spec(self.backbone, self.weights, self.preprocessing)
         n_frozen = frozen_stage_count(self.freeze, spec.name, spec.stages)
         backbone = load_backbone(spec)
         head = make_head(self.head, spec.feature_dim, len(self.classes_), self.dropout)
-        self.module_ = FineTuneNetwork(backbone.stages, head, n_frozen).to(
-            memory_format=torch.channels_last
-        )
+        self.module_ = FineTuneNetwork(
+            backbone.stages, head, n_frozen, precision=self._compute_dtype()
+        ).to(memory_format=torch.channels_last)
         self.spec_ = spec
         self.stages_ = spec.stages
         self.frozen_stages_ = spec.stages[:n_frozen]
+        self._built_from = {name: getattr(self, name) for name in NETWORK_PARAMS}
         return self
 
+    def _network_params_changed(self) -> bool:
+        """Whether a parameter the network was built from has changed since."""
+        built = getattr(self, "_built_from", None)
+        if built is None:
+            return True
+        for name, before in built.items():
+            now = getattr(self, name)
+            if isinstance(now, nn.Module) or isinstance(before, nn.Module):
+                if now is not before:
+                    return True
+            elif type(now) is not type(before) or now != before:
+                return True
+        return False
+
     def initialize_criterion(self):
-        """``criterion``, else cross-entropy on logits (BCE with logits for multi-label)."""
+        """``criterion``, else cross-entropy on logits (BCE with logits for multi-label).
+
+        The default cross-entropy gets ``class_weight_`` and ``label_smoothing``.
+        """
         criterion = self.criterion
-        if criterion is None:
-            criterion = nn.BCEWithLogitsLoss if self.multilabel_ else nn.CrossEntropyLoss
-        self.criterion_ = self.initialized_instance(criterion, self.get_params_for("criterion"))
+        kwargs = self.get_params_for("criterion")
+        weighted = self.class_weight is not None or self.label_smoothing > 0
+        if weighted and (criterion is not None or self.multilabel_):
+            raise ValueError(
+                "class_weight and label_smoothing apply to the default criterion "
+                "(cross-entropy) with single-label y; "
+                + (
+                    "set them in your criterion instead"
+                    if criterion is not None
+                    else "y is a multi-label 0/1 matrix, use criterion__pos_weight for BCE instead"
+                )
+            )
+        if criterion is None and self.multilabel_:
+            criterion = nn.BCEWithLogitsLoss
+        elif criterion is None:
+            criterion = nn.CrossEntropyLoss
+            kwargs.setdefault("label_smoothing", float(self.label_smoothing))
+            if getattr(self, "class_weight_", None) is not None:
+                weight = torch.as_tensor(self.class_weight_, dtype=torch.float32)
+                kwargs.setdefault("weight", weight)
+        self.criterion_ = self.initialized_instance(criterion, kwargs)
         return self
 
     def initialize_optimizer(self, triggered_directly=None):
@@ -532,9 +723,10 @@ class FineTuneClassifier(NeuralNetClassifier):
     # --- targets ---
 
     def _learn_targets(self, y):
-        """Set ``classes_`` and ``multilabel_`` from ``y`` (and ``classes``)."""
+        """Set ``classes_``, ``multilabel_`` and ``class_weight_`` from ``y`` (and ``classes``)."""
         y = _check_targets(y)
         self.multilabel_ = y.ndim == 2
+        self.class_weight_ = None
         if self.multilabel_:
             classes = np.arange(y.shape[1]) if self.classes is None else np.asarray(self.classes)
             if len(classes) != y.shape[1]:
@@ -549,6 +741,8 @@ class FineTuneClassifier(NeuralNetClassifier):
                     f"y has a single class ({classes.tolist()[0]!r}); a classifier needs at least "
                     "two classes"
                 )
+            if self.class_weight is not None:
+                self.class_weight_ = compute_class_weight(self.class_weight, classes=classes, y=y)
         self.classes_inferred_ = classes
 
     def _encode_targets(self, y) -> np.ndarray:
@@ -579,6 +773,21 @@ class FineTuneClassifier(NeuralNetClassifier):
 
     # --- training ---
 
+    @contextlib.contextmanager
+    def _seeded(self):
+        """Seed torch from ``random_state`` for the block, then restore its global state."""
+        if self.random_state is None:
+            yield
+            return
+        if isinstance(self.random_state, Integral):
+            seed = int(self.random_state)
+        else:
+            seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if cuda else []):
+            torch.manual_seed(seed)
+            yield
+
     def fit(self, X, y, **fit_params):
         """Build the network and train it.
 
@@ -589,15 +798,24 @@ class FineTuneClassifier(NeuralNetClassifier):
         y : array-like of shape (n_samples,) or (n_samples, n_labels)
             Labels of any type, or a 0/1 matrix for multi-label.
         **fit_params : dict
-            Passed to ``train_split``.
+            Passed to ``train_split``, e.g. ``groups`` for a split by group;
+            the network takes no extra inputs.
 
         Returns
         -------
         self : FineTuneClassifier
         """
-        if not self.warm_start or not self.initialized_:
-            self._learn_targets(y)
-        return super().fit(X, y, **fit_params)
+        with self._seeded():
+            fresh = not self.warm_start or not self.initialized_ or self._network_params_changed()
+            if fresh:
+                self._learn_targets(y)
+                self.initialize()
+            self._warmup_pending = fresh
+            try:
+                self.partial_fit(X, y, **fit_params)
+            finally:
+                self._warmup_pending = False
+        return self
 
     def partial_fit(self, X, y, classes=None, **fit_params):
         """Train the current network further (build it first if needed).
@@ -623,79 +841,189 @@ class FineTuneClassifier(NeuralNetClassifier):
             self._learn_targets(y)
         return super().partial_fit(images, self._encode_targets(y), classes, **fit_params)
 
+    def _warmup_epochs_pending(self) -> int:
+        """Head-only epochs the current fit runs before ``max_epochs``."""
+        probe = getattr(self, "_warmup_pending", False) and self.module_.n_frozen < len(
+            self.stages_
+        )
+        return self.warmup_epochs if probe else 0
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        """skorch's loop, after ``warmup_epochs`` of training the head alone."""
+        warmup = self._warmup_epochs_pending()
+        self._warmup_pending = False
+        if warmup:
+            n_frozen = self.module_.n_frozen
+            # The optimizer keeps every parameter; frozen ones get no gradient, so no step.
+            self.module_.set_frozen(len(self.stages_))
+            try:
+                super().fit_loop(X, y, epochs=warmup, **fit_params)
+            finally:
+                self.module_.set_frozen(n_frozen)
+        return super().fit_loop(X, y, epochs=epochs, **fit_params)
+
+    def infer(self, x, **fit_params):
+        # fit_params belong to train_split (see fit): the network takes no extra inputs.
+        if torch.is_grad_enabled():
+            return super().infer(x)
+        with autocast(self._torch_device(), self._compute_dtype()):
+            return super().infer(x).float()
+
     def get_split_datasets(self, X, y=None, **fit_params):
         """Training and validation datasets: frozen-stage outputs when cacheable, else images."""
         images = X if isinstance(X, ImageCollection) else ImageCollection(X)
-        dataset = self._training_dataset(images, y)
+        dataset = self._dataset(images, y, training=True)
         train_split = self.train_split
-        if self.multilabel_ and getattr(train_split, "stratified", False):
+        stratified = getattr(train_split, "stratified", False)
+        if self.multilabel_ and stratified:
             # scikit-learn cannot stratify multi-label targets.
-            train_split = copy.copy(train_split)
-            train_split.stratified = False
-        if train_split:
-            dataset_train, dataset_valid = train_split(dataset, y, **fit_params)
-        else:
-            dataset_train, dataset_valid = dataset, None
+            train_split = type(train_split)(train_split.cv, stratified=False)
+        try:
+            dataset_train, dataset_valid = (
+                train_split(dataset, y, **fit_params) if train_split else (dataset, None)
+            )
+        except ValueError as exc:
+            if not stratified or self.multilabel_:
+                raise
+            counts = np.bincount(np.asarray(y), minlength=len(self.classes_))
+            smallest = self.classes_[counts.argmin()]
+            raise ValueError(
+                f"train_split={train_split!r} cannot make a stratified validation split of "
+                f"these {len(y)} samples: class {smallest!r} has only {counts.min()} "
+                f"({exc}). Use train_split=None (the default: train on everything and "
+                "validate by cross-validation around the estimator), fewer folds, or "
+                "ValidSplit(..., stratified=False)"
+            ) from exc
         if self.augment:
-            augmentation = TrainAugmentation(self.spec_.preprocessing)
-            dataset_train = _with_transform(dataset_train, augmentation)
+            dataset_train = _with_transform(
+                dataset_train, train_augmentation(self.spec_.preprocessing)
+            )
         return dataset_train, dataset_valid
 
-    def _training_dataset(self, images: ImageCollection, y) -> Dataset:
-        if self.cache_frozen and not self.augment and self.module_.n_frozen > 0:
-            activations = self._frozen_outputs(images)
+    def _dataset(self, images: ImageCollection, y, training: bool, view=None) -> Dataset:
+        """Frozen-stage outputs of ``images`` when they can be reused, else the images."""
+        view = view or EvalView(self.spec_.preprocessing)
+        recomputed = training and self.augment
+        if self.cache_frozen and not recomputed and self.module_.n_frozen > 0:
+            activations = self._frozen_outputs(images, view)
             if activations is not None:
                 return ActivationDataset(activations, y)
-        return ImageDataset(images, y, self.spec_.preprocessing)
+        return ImageDataset(images, y, view)
 
-    def _frozen_outputs(self, images: ImageCollection) -> torch.Tensor | None:
-        """Run the frozen stages once over all images; None if the result would be too large."""
+    # --- the frozen stages' outputs and the feature store ---
+
+    def _frozen_store(self):
+        if self.cache is None:
+            return None
+        # Random weights differ at every build, so their outputs must not be reused.
+        if isinstance(self.backbone, str) and self.spec_.weights is None:
+            return None
+        return resolve_store(self.cache)
+
+    def _frozen_model_key(self, view: EvalView) -> str:
+        """Identity of the function from an image to its frozen-stage output.
+
+        With the whole backbone frozen and the plain view, it is the
+        featurizer's key for the same backbone and precision, so both share entries.
+        """
+        key = f"{self.spec_.key}|{precision_name(self._compute_dtype())}"
+        if isinstance(self.backbone, nn.Module):
+            key += f"|{module_fingerprint(self.backbone)}"
+        if self.module_.n_frozen < len(self.stages_):
+            key += f"|frozen-stages={self.module_.n_frozen}"
+        if view.name != "center":
+            key += f"|view={view.name}"
+        return key
+
+    def _frozen_outputs(self, images: ImageCollection, view: EvalView) -> torch.Tensor | None:
+        """The frozen stages' output for every image, from the store or computed once.
+
+        None when they would take more than ``FROZEN_CACHE_LIMIT_BYTES``.
+        """
         network = self.module_
-        device = self.device
-        batches = iterate_batches(
-            images,
-            self.spec_.preprocessing,
-            batch_size=self.batch_size,
-            num_workers=self.get_params_for("iterator_valid").get("num_workers", 0),
-            pin_memory=device is not None and torch.device(device).type == "cuda",
-        )
-        outputs, failures = None, []
-        # The pass is deterministic; restoring the RNG keeps training's random draws
-        # (shuffling, dropout) the same as without the cache.
-        with torch.random.fork_rng(devices=[]):
-            for indices, batch, bad in tqdm(
-                batches,
-                total=-(-len(images) // self.batch_size),
-                disable=not self.verbose or None,
-                desc="frozen stages",
-                unit="batch",
-            ):
-                failures.extend(bad)
-                if batch is None:
-                    continue
-                result = network.forward_frozen(to_device(batch, device)).float().cpu()
-                if outputs is None:
-                    size = len(images) * result[0].numel() * result.element_size()
-                    if size > FROZEN_CACHE_LIMIT_BYTES:
-                        warnings.warn(
-                            f"the frozen stages' outputs would take {size / 2**30:.1f} GiB, more "
-                            f"than FROZEN_CACHE_LIMIT_BYTES; they run on every batch instead "
-                            "(freeze more stages, or set cache_frozen=False)",
-                            UserWarning,
-                            stacklevel=2,
+        pooled = network.n_frozen == len(network.stages)
+        store = self._frozen_store()
+        keys = [None] * len(images)
+        rows = [None] * len(images)
+        if store is not None:
+            model_key = self._frozen_model_key(view)
+            for index in range(len(images)):
+                content = content_hash(images[index])
+                keys[index] = None if content is None else feature_key(model_key, content)
+            known = [i for i, key in enumerate(keys) if key is not None]
+            for index, row in zip(known, store.get_many([keys[i] for i in known])):
+                rows[index] = row
+        missing = [i for i, row in enumerate(rows) if row is None]
+        outputs = None
+
+        def allocate(shape):
+            size = len(images) * math.prod(shape) * 4
+            if size > FROZEN_CACHE_LIMIT_BYTES:
+                warnings.warn(
+                    f"the frozen stages' outputs would take {size / 2**30:.1f} GiB, more "
+                    f"than FROZEN_CACHE_LIMIT_BYTES; they run on every batch instead "
+                    "(freeze more stages, or set cache_frozen=False)",
+                    UserWarning,
+                    stacklevel=4,
+                )
+                return None
+            return torch.empty((len(images), *shape), dtype=torch.float32)
+
+        failures = []
+        if missing:
+            device = self.device
+            batches = iterate_batches(
+                images,
+                view,
+                missing,
+                batch_size=self.batch_size,
+                num_workers=self.get_params_for("iterator_valid").get("num_workers", 0),
+                pin_memory=self._torch_device().type == "cuda",
+            )
+            # The pass is deterministic; restoring the RNG keeps training's random draws
+            # (shuffling, dropout) the same whether or not outputs came from the store.
+            with torch.random.fork_rng(devices=[]):
+                for indices, batch, bad in tqdm(
+                    batches,
+                    total=-(-len(missing) // self.batch_size),
+                    disable=not self.progress or None,
+                    leave=False,
+                    desc="frozen stages",
+                    unit="batch",
+                ):
+                    failures.extend(bad)
+                    if batch is None:
+                        continue
+                    result = network.forward_frozen(to_device(batch, device)).cpu()
+                    if outputs is None:
+                        outputs = allocate(result.shape[1:])
+                        if outputs is None:
+                            return None
+                    outputs[torch.from_numpy(indices)] = result
+                    row_bytes = result[0].numel() * 4
+                    saved = [j for j, i in enumerate(indices) if keys[i] is not None]
+                    if store is not None and saved and row_bytes <= FROZEN_STORE_MAX_ROW_BYTES:
+                        store.put_many(
+                            [keys[indices[j]] for j in saved],
+                            np.stack([activation_row(result[j], pooled) for j in saved]),
                         )
-                        return None
-                    outputs = torch.empty((len(images), *result.shape[1:]), dtype=result.dtype)
-                outputs[torch.from_numpy(indices)] = result
         if failures:
             raise InvalidImageError(failures)
+        for index, row in enumerate(rows):
+            if row is not None:
+                activation = activation_from_row(row, pooled)
+                if outputs is None:
+                    outputs = allocate(activation.shape)
+                    if outputs is None:
+                        return None
+                outputs[index] = activation
         return outputs
 
     def get_dataset(self, X, y=None):
         """Images as a dataset for prediction (a torch Dataset is used as it is)."""
         if is_dataset(X):
             return X
-        return ImageDataset(ImageCollection(X), y, self.spec_.preprocessing)
+        return self._dataset(ImageCollection(X), y, training=False)
 
     # --- prediction ---
 
@@ -708,6 +1036,8 @@ class FineTuneClassifier(NeuralNetClassifier):
     def predict_proba(self, X):
         """Class probabilities (softmax), or per-label probabilities (sigmoid) for multi-label.
 
+        With ``tta``, the mean of the probabilities of each view.
+
         Parameters
         ----------
         X : collection of images
@@ -718,7 +1048,16 @@ class FineTuneClassifier(NeuralNetClassifier):
             Columns in the order of ``classes_``.
         """
         self.check_is_fitted()
-        return super().predict_proba(X)
+        if is_dataset(X):
+            return super().predict_proba(X)
+        images = ImageCollection(X)
+        views = eval_views(self.spec_.preprocessing, self.tta)
+        total = 0
+        for view in views:
+            total = total + super().predict_proba(
+                self._dataset(images, None, training=False, view=view)
+            )
+        return total / len(views) if len(views) > 1 else total
 
     def predict(self, X):
         """Predicted labels, or a 0/1 matrix for multi-label.

@@ -57,7 +57,13 @@ def make_backbone(seed=0, counter=False):
 
 def make_clf(backbone=None, **params):
     defaults = dict(
-        preprocessing=TINY, max_epochs=3, lr=0.02, batch_size=8, train_split=None, verbose=0
+        preprocessing=TINY,
+        max_epochs=3,
+        lr=0.02,
+        batch_size=8,
+        train_split=None,
+        verbose=0,
+        cache=None,
     )
     return FineTuneClassifier(
         backbone if backbone is not None else make_backbone(), **{**defaults, **params}
