@@ -29,7 +29,7 @@ from sklearn.utils._param_validation import (
 from sklearn.utils.class_weight import compute_class_weight
 from skorch import NeuralNetClassifier
 from skorch.callbacks import Callback
-from skorch.utils import is_dataset, to_device
+from skorch.utils import is_dataset
 from torch import nn
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
@@ -44,7 +44,7 @@ from ._backbones import (
 from ._cache import content_hash, feature_key, resolve_store
 from ._device import autocast, precision_name, resolve_device, resolve_precision
 from ._images import ImageCollection, InvalidImageError
-from ._loading import iterate_batches
+from ._inference import run_batches
 from ._transforms import EvalView, eval_views, train_augmentation
 
 #: Largest set of frozen-stage outputs one ``fit`` or ``predict`` holds in
@@ -970,43 +970,41 @@ class FineTuneClassifier(NeuralNetClassifier):
             return torch.empty((len(images), *shape), dtype=torch.float32)
 
         failures = []
-        if missing:
-            device = self.device
-            batches = iterate_batches(
-                images,
-                view,
-                missing,
-                batch_size=self.batch_size,
-                num_workers=self.get_params_for("iterator_valid").get("num_workers", 0),
-                pin_memory=self._torch_device().type == "cuda",
-            )
-            # The pass is deterministic; restoring the RNG keeps training's random draws
-            # (shuffling, dropout) the same whether or not outputs came from the store.
-            with torch.random.fork_rng(devices=[]):
-                for indices, batch, bad in tqdm(
-                    batches,
-                    total=-(-len(missing) // self.batch_size),
-                    disable=not self.progress or None,
-                    leave=False,
-                    desc="frozen stages",
-                    unit="batch",
-                ):
-                    failures.extend(bad)
-                    if batch is None:
-                        continue
-                    result = network.forward_frozen(to_device(batch, device)).cpu()
+        batches = run_batches(
+            network.forward_frozen,
+            images,
+            missing,
+            transform=view,
+            batch_size=self.batch_size,
+            device=self._torch_device(),
+            dtype=self._compute_dtype(),
+            num_workers=self.get_params_for("iterator_valid").get("num_workers", 0),
+            progress="frozen stages" if self.progress else None,
+            as_numpy=False,
+        )
+        # The pass is deterministic; restoring the RNG keeps training's random draws
+        # (shuffling, dropout) the same whether or not outputs came from the store.
+        with torch.random.fork_rng(devices=[]):
+            for indices, result, bad in batches:
+                failures.extend(bad)
+                if result is None:
+                    continue
+                if outputs is None:
+                    outputs = allocate(result.shape[1:])
                     if outputs is None:
-                        outputs = allocate(result.shape[1:])
-                        if outputs is None:
-                            return None
-                    outputs[torch.from_numpy(indices)] = result
-                    row_bytes = result[0].numel() * 4
-                    saved = [j for j, i in enumerate(indices) if keys[i] is not None]
-                    if store is not None and saved and row_bytes <= FROZEN_STORE_MAX_ROW_BYTES:
-                        store.put_many(
-                            [keys[indices[j]] for j in saved],
-                            np.stack([activation_row(result[j], pooled) for j in saved]),
-                        )
+                        return None
+                outputs[torch.from_numpy(indices)] = result
+                # Stored batch by batch: an interrupted run keeps every finished batch.
+                saved = [j for j, i in enumerate(indices) if keys[i] is not None]
+                if (
+                    store is not None
+                    and saved
+                    and result[0].numel() * 4 <= FROZEN_STORE_MAX_ROW_BYTES
+                ):
+                    store.put_many(
+                        [keys[indices[j]] for j in saved],
+                        np.stack([activation_row(result[j], pooled) for j in saved]),
+                    )
         if failures:
             raise InvalidImageError(failures)
         for index, row in enumerate(rows):
