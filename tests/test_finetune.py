@@ -480,3 +480,112 @@ class TestRealPhotos:
             warnings.simplefilter("error")
             with pytest.raises(ValueError, match="stem, 1=block0"):
                 FineTuneClassifier(freeze=10, classes=["a", "b"]).initialize()
+
+
+class TestFixes:
+    def test_set_params_with_a_module_backbone(self, data):
+        X, y = data
+        clf = make_clf(max_epochs=1)
+        other = make_backbone(seed=1)
+        clf.set_params(backbone=other)  # used to raise SkorchAttributeError
+        assert clf.get_params()["backbone"] is other
+        clf.fit(X, y)
+        torch.testing.assert_close(clf.module_.stages.stem[0].weight, other.stem[0].weight)
+        search = GridSearchCV(
+            make_clf(max_epochs=1), {"backbone": [make_backbone(0), make_backbone(1)]}, cv=2
+        ).fit(X, y)
+        assert len(search.cv_results_["params"]) == 2
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"freeze": 0},
+            {"head": (8,)},
+            {"dropout": 0.5},
+            {"backbone": "other"},
+            {"preprocessing": Preprocessing(input_size=24, resize_size=24)},
+        ],
+        ids=lambda change: next(iter(change)),
+    )
+    def test_warm_start_rebuilds_when_the_network_changes(self, data, change):
+        X, y = data
+        if change == {"backbone": "other"}:
+            change = {"backbone": make_backbone(seed=1)}
+        clf = make_clf(freeze=2, warm_start=True, max_epochs=1).fit(X, y)
+        clf.set_params(**change).fit(X, y)
+        assert len(clf.history) == 1  # a new network, a new history
+        rebuilt = make_clf(**{"freeze": 2, **change}, classes=COLOURS).initialize()
+        assert clf.frozen_stages_ == rebuilt.frozen_stages_
+        assert [type(m) for m in clf.module_.head] == [type(m) for m in rebuilt.module_.head]
+        if "backbone" in change:
+            torch.testing.assert_close(
+                clf.module_.stages.stem[0].weight, change["backbone"].stem[0].weight
+            )
+        clf.fit(X, y)  # nothing changed: continues
+        assert len(clf.history) == 2
+
+    def test_warm_start_with_freeze_zero_trains_everything(self, data):
+        X, y = data
+        clf = make_clf(freeze="backbone", warm_start=True, max_epochs=1).fit(X, y)
+        clf.set_params(freeze=0).fit(X, y)
+        assert clf.frozen_stages_ == ()
+        assert all(p.requires_grad for p in clf.module_.parameters())
+
+
+class TestRecipe:
+    def test_balanced_class_weight_is_scikit_learns(self, data):
+        from sklearn.utils.class_weight import compute_class_weight
+
+        X, y = data
+        X, y = X[:-5], y[:-5]  # 8 red, 8 green, 3 blue
+        clf = make_clf(class_weight="balanced", max_epochs=1).fit(X, y)
+        expected = compute_class_weight("balanced", classes=np.unique(y), y=y)
+        np.testing.assert_allclose(clf.class_weight_, expected)
+        np.testing.assert_allclose(clf.criterion_.weight.cpu().numpy(), expected, rtol=1e-6)
+        by_label = make_clf(class_weight={"blue": 3.0}, max_epochs=1).fit(X, y)
+        np.testing.assert_allclose(by_label.criterion_.weight.cpu().numpy(), [3, 1, 1])
+
+    def test_label_smoothing_reaches_the_loss(self, data):
+        clf = make_clf(label_smoothing=0.1, max_epochs=1).fit(*data)
+        assert clf.criterion_.label_smoothing == pytest.approx(0.1)
+
+    @pytest.mark.parametrize(
+        "params",
+        [{"class_weight": "balanced"}, {"label_smoothing": 0.1}],
+        ids=["class_weight", "label_smoothing"],
+    )
+    def test_recipe_options_refuse_multilabel_and_custom_criteria(self, data, params):
+        X, y = data
+        Y = np.column_stack([y == "red", y != "blue"]).astype(int)
+        with pytest.raises(ValueError, match="multi-label"):
+            make_clf(**params).fit(X, Y)
+        with pytest.raises(ValueError, match="your criterion"):
+            make_clf(criterion=nn.NLLLoss, **params).fit(X, y)
+
+    def test_flip_tta_averages_the_image_and_its_mirror(self, data, test_data):
+        X, y = data
+        clf = make_clf(freeze=1, max_epochs=2).fit(X, y)
+        Xt = test_data[0]  # square images resized to the input size: mirroring commutes
+        plain = clf.predict_proba(Xt)
+        mirrored = clf.predict_proba(Xt[:, :, ::-1])
+        flipped = clf.set_params(tta="flip").predict_proba(Xt)
+        np.testing.assert_allclose(flipped, (plain + mirrored) / 2, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(clf.predict(Xt), clf.classes_[flipped.argmax(axis=1)])
+
+    def test_ten_crop_tta_runs_ten_views(self, data):
+        X, y = data
+        backbone = make_backbone(counter=True)
+        clf = make_clf(backbone, freeze=2, preprocessing=Preprocessing(24, 32)).fit(X, y)
+        counter = clf.module_.stages.counter
+        before = counter.images_seen
+        proba = clf.set_params(tta="ten_crop").predict_proba(X[:4])
+        assert counter.images_seen - before == 40
+        assert proba.shape == (4, 3)
+        np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
+
+    def test_quiet_by_default_epoch_table_on_request(self, data, capsys):
+        X, y = data
+        FineTuneClassifier(make_backbone(), preprocessing=TINY, max_epochs=1).fit(X, y)
+        assert capsys.readouterr().out == ""
+        make_clf(max_epochs=1, verbose=1).fit(X, y)
+        assert "train_loss" in capsys.readouterr().out
