@@ -28,7 +28,6 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from skimage import data as skimage_data
 from sklearn.model_selection import StratifiedShuffleSplit, cross_val_score
 
@@ -48,13 +47,11 @@ TRAIN_SIZES = (10, 30, 90)
 DEPTHS = ("backbone", -3, 0)
 N_SPLITS = 3
 
-torch.manual_seed(0)  # head initialisation, shuffling and dropout
 start = time.perf_counter()
 scores = {}
 for depth in DEPTHS:
-    clf = FineTuneClassifier(
-        preprocessing=small, freeze=depth, max_epochs=10, train_split=None, verbose=0
-    )
+    # random_state seeds head initialisation, shuffling and dropout.
+    clf = FineTuneClassifier(preprocessing=small, freeze=depth, max_epochs=10, random_state=0)
     for n in TRAIN_SIZES:
         splits = StratifiedShuffleSplit(
             n_splits=N_SPLITS, train_size=n, test_size=60, random_state=0
