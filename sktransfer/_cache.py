@@ -38,6 +38,7 @@ _CONTENT_VERSION = b"sktransfer-content-1\0"
 _KEY_VERSION = "sktransfer-feature-1"
 _SCHEMA_VERSION = 1
 _FILE_CHUNK_BYTES = 1 << 20
+_EXIF_ORIENTATION = 0x0112
 _KEYS_PER_QUERY = 500  # well under SQLite's limit on bound parameters
 _BUSY_TIMEOUT_S = 30.0
 _BUSY_RETRY_DELAYS_S = (0.05, 0.2, 1.0, None)  # None: give up
@@ -93,18 +94,19 @@ def content_hash(item) -> str | None:
 
     Parameters
     ----------
-    item : str, os.PathLike, PIL.Image.Image, ndarray or torch.Tensor
+    item : str, os.PathLike, bytes, PIL.Image.Image, ndarray or torch.Tensor
         One sample, as :class:`~sktransfer._images.ImageCollection` holds it.
 
     Returns
     -------
     digest : str or None
         64 hex digits. A file hashes its bytes, so a renamed or copied file
-        hits and a changed byte misses; an array or tensor hashes its dtype,
+        hits and a changed byte misses; encoded ``bytes`` hash as the file
+        holding them would; an array or tensor hashes its dtype,
         shape and pixels in C order, however it is laid out in memory; a PIL
-        image hashes its mode, size, palette, transparency and pixels. The
-        kind of sample is hashed too, because a tensor (C, H, W) decodes
-        differently from an array with the same bytes.
+        image hashes its mode, size, palette, transparency, EXIF orientation
+        and pixels. The kind of sample is hashed too, because a tensor
+        (C, H, W) decodes differently from an array with the same bytes.
         None when the sample has no readable content: a missing file, a
         directory or other non-regular file, an object array, a tensor that
         numpy cannot hold, an unsupported type. The caller computes such
@@ -144,6 +146,9 @@ def _hash_sample(digest, item) -> None:
     if isinstance(item, str | os.PathLike):
         digest.update(b"file\0")
         _hash_file(digest, item)
+    elif isinstance(item, bytes):  # an encoded file's content, read or received
+        digest.update(b"file\0")
+        digest.update(item)
     elif isinstance(item, np.ndarray):
         _hash_array(digest, "array", item)
     elif _is_instance(item, "PIL.Image", "Image"):
@@ -190,6 +195,9 @@ def _hash_pil_image(digest, image) -> None:
         raise _NoContent from None
     palette = image.getpalette(rawmode=None)
     header = (image.mode, image.size, image.info.get("transparency"), palette is not None)
+    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    if orientation != 1:  # decoding turns the image upright; unrotated images keep their keys
+        header += (f"orientation={orientation}",)
     digest.update(f"pil\0{header!r}\0".encode())
     if palette is not None:
         digest.update(bytes(palette))

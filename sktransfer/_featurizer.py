@@ -230,7 +230,10 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         # Random weights differ at every build, so their features must not be reused.
         random_weights = isinstance(self.backbone, str) and self.spec_.weights is None
         store = None if random_weights else resolve_store(self.cache)
-        keys = self._cache_keys(images, dtype) if store is not None else [None] * len(images)
+        keys = [None] * len(images)
+        if store is not None:
+            model_key = self._model_key(dtype)
+            keys = [self._key(model_key, content_hash(images[i])) for i in range(len(images))]
         missing = _fill_from_store(store, keys, features)
         failures = []
         batches = run_batches(
@@ -243,14 +246,17 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             dtype=dtype,
             num_workers=self.num_workers,
             progress="featurizing" if self.progress else None,
+            content_hash=content_hash,
         )
-        for indices, rows, bad in batches:
+        for indices, rows, bad, contents in batches:
             failures.extend(bad)
             if rows is None:
                 continue
             features[indices] = rows
-            # Stored batch by batch: an interrupted run keeps every finished batch.
-            _save_to_store(store, [keys[i] for i in indices], rows)
+            if store is not None:
+                # Keyed by the content decoded, which differs from the lookup's if a file
+                # changed; stored batch by batch, so an interrupted run keeps finished batches.
+                _save_to_store(store, [self._key(model_key, c) for c in contents], rows)
         if failures:
             if self.on_error == "raise":
                 raise InvalidImageError(failures)
@@ -269,14 +275,10 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             model_key += f"|{module_fingerprint(self.backbone)}"
         return model_key
 
-    def _cache_keys(self, images: ImageCollection, dtype: torch.dtype) -> list[str | None]:
-        """One key per sample, or None where its content cannot be read."""
-        model_key = self._model_key(dtype)
-        keys = []
-        for index in range(len(images)):
-            content = content_hash(images[index])
-            keys.append(None if content is None else feature_key(model_key, content))
-        return keys
+    @staticmethod
+    def _key(model_key: str, content: str | None) -> str | None:
+        """A sample's cache key, or None when its content cannot be read."""
+        return None if content is None else feature_key(model_key, content)
 
     def _engine(self, device: torch.device, store):
         if self.engine == "torch":

@@ -1,15 +1,27 @@
 """Turn any accepted input into decoded RGB images, with clear errors.
 
 Accepted collections (one image per sample): a sequence or pandas Series of
-file paths, of PIL images or of arrays (each (H, W) or (H, W, C)); an ndarray
-(N, H, W) or (N, H, W, C); a tensor (N, C, H, W) or (N, H, W). Every image
-comes out as a C-contiguous uint8 array (H, W, 3). This module knows nothing
-of models.
+file paths, of encoded image files' ``bytes``, of PIL images, of arrays (each
+(H, W) or (H, W, C)) or of tensors (each (C, H, W)); an ndarray (N, H, W) or
+(N, H, W, C); a tensor (N, C, H, W). A lone image is refused rather than read
+as a batch: an array (H, W, 3|4), a tensor (C, H, W), one path, one ``bytes``
+object or one PIL image must be passed as ``[image]``. ``None`` (or NaN) in a
+sequence is a missing sample, reported like any unreadable one.
+
+Pixel values follow one rule, by dtype: uint8 is taken as it is; uint16 (either
+byte order) is 16-bit data, 0-65535, scaled to 0-255; bool is black or white;
+every other integer dtype must hold values in 0-255; floats must lie in [0, 1].
+
+Every image comes out as a C-contiguous uint8 array (H, W, 3). This module
+knows nothing of models.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +30,12 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: Images with more pixels than this are refused as possible decompression bombs.
-MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+#: Pillow's default limit, fixed here so that users who lift Pillow's own limit
+#: (``PIL.Image.MAX_IMAGE_PIXELS = None``, common for large scans) keep this one.
+MAX_PIXELS = 89_478_485
+
+_EXIF_ORIENTATION = 0x0112
+_SIXTEEN_BIT_SCALE = 257  # 65535 / 255
 
 
 @dataclass(frozen=True)
@@ -54,10 +71,19 @@ class _BadImage(ValueError):
     """A single sample's problem; becomes an :class:`ImageFailure` with its index."""
 
 
+def _is_missing(item) -> bool:
+    """None, NaN or pandas.NA: a missing value, as in a DataFrame column of paths."""
+    if item is None or (isinstance(item, float) and math.isnan(item)):
+        return True
+    return type(item).__name__ == "NAType"
+
+
 def _kind(item) -> str:
     """What a sample is, with its article, for messages."""
     if isinstance(item, str | os.PathLike):
         return "a path"
+    if isinstance(item, bytes):
+        return "encoded image bytes"
     if isinstance(item, Image.Image):
         return "a PIL image"
     if isinstance(item, np.ndarray):
@@ -93,18 +119,19 @@ class ImageCollection:
             X = X.to_numpy()
             if X.ndim == 2 and X.shape[1] == 1:
                 X = X[:, 0]
-        if isinstance(X, str | os.PathLike | Image.Image):
-            raise ValueError(
-                f"expected a collection of images (one per sample), got {_kind(X)}; "
-                "wrap a single image in a list"
-            )
+        _refuse_single_image(X)
         if _is_tensor(X):
             X = self._tensor_to_channels_last(X)
         if isinstance(X, np.ndarray) and X.dtype != object and X.dtype.kind not in "US":
             if X.ndim not in (3, 4):
                 raise ValueError(
                     f"an array of images must be (N, H, W) or (N, H, W, C); got shape {X.shape}"
-                    + (" (reshape flat pixel rows to images first)" if X.ndim == 2 else "")
+                    + (
+                        "; a single grayscale image? pass [image] or image[None]; flat pixel "
+                        "rows? reshape them to images first"
+                        if X.ndim == 2
+                        else ""
+                    )
                 )
         elif not isinstance(X, list | tuple | np.ndarray):
             try:
@@ -120,22 +147,23 @@ class ImageCollection:
 
     @staticmethod
     def _tensor_to_channels_last(X):
-        if X.ndim == 4:
-            X = X.permute(0, 2, 3, 1)
-        elif X.ndim != 3:
-            raise ValueError(
-                f"a tensor of images must be (N, C, H, W) or (N, H, W); got shape {tuple(X.shape)}"
-            )
-        return X.detach().cpu().numpy()
+        if X.ndim != 4:
+            raise ValueError(f"a tensor of images must be (N, C, H, W); got shape {tuple(X.shape)}")
+        return X.permute(0, 2, 3, 1).detach().cpu().numpy()
 
     def _check_same_kind(self):
         if isinstance(self._items, np.ndarray) and self._items.dtype != object:
             return
-        kinds = [_kind(item) for item in self._items]
-        first = kinds[0]
+        # Missing samples are reported when loaded, so on_error="nan" can skip them.
+        kinds = {i: _kind(item) for i, item in enumerate(self._items) if not _is_missing(item)}
+        if not kinds:
+            return
+        first_index, first = next(iter(kinds.items()))
         odd = [
-            ImageFailure(i, None, f"is {kind} but sample 0 is {first}; do not mix kinds")
-            for i, kind in enumerate(kinds)
+            ImageFailure(
+                i, None, f"is {kind} but sample {first_index} is {first}; do not mix kinds"
+            )
+            for i, kind in kinds.items()
             if kind != first
         ]
         if odd:
@@ -164,50 +192,130 @@ class ImageCollection:
         InvalidImageError
             Naming the sample, its path and what was wrong.
         """
+        return self.load_with_content(index)[0]
+
+    def load_with_content(self, index: int, content_hash=None) -> tuple[np.ndarray, str | None]:
+        """Decode sample ``index`` and hash the very content decoded.
+
+        A file is read once: its bytes are hashed and decoded, so a file
+        replaced meanwhile cannot pair one content's hash with another's pixels.
+
+        Parameters
+        ----------
+        index : int
+        content_hash : callable, optional
+            Maps a sample (an encoded file's ``bytes``, or the in-memory sample
+            itself) to its hash; see :func:`sktransfer._cache.content_hash`.
+
+        Returns
+        -------
+        image : ndarray of shape (H, W, 3), dtype uint8
+        content : str or None
+            ``content_hash`` of what was decoded; None without ``content_hash``.
+
+        Raises
+        ------
+        InvalidImageError
+            Naming the sample, its path and what was wrong.
+        """
+        item = self._items[index]
         try:
-            return decode_image(self._items[index])
+            if isinstance(item, str | os.PathLike):
+                item = _read_file(Path(item))
+            image = decode_image(item)
         except _BadImage as exc:
             raise InvalidImageError([ImageFailure(index, self.path(index), str(exc))]) from None
+        return image, None if content_hash is None else content_hash(item)
+
+
+def _refuse_single_image(X) -> None:
+    """Raise when ``X`` is one image, which would otherwise be read as a batch of rows."""
+    if isinstance(X, str | os.PathLike | Image.Image | bytes | bytearray):
+        raise ValueError(
+            f"expected a collection of images (one per sample), got {_kind(X)}; "
+            "wrap a single image in a list: [image]"
+        )
+    shape = tuple(X.shape) if isinstance(X, np.ndarray) or _is_tensor(X) else None
+    if shape is None or len(shape) != 3:
+        return
+    if _is_tensor(X) or shape[-1] in (3, 4):
+        # torch's convention: a 3-D tensor is one (C, H, W) image; a 3-D array whose
+        # last axis is 3 or 4 is one (H, W, C) image, never H images 3 pixels wide.
+        raise ValueError(
+            f"X looks like a single image of shape {shape}; pass [image] or image[None] "
+            "(X holds one image per sample)"
+        )
 
 
 def decode_image(item) -> np.ndarray:
-    """Decode one image (path, PIL image, array or tensor) to uint8 RGB (H, W, 3)."""
+    """Decode one image (path, encoded bytes, PIL image, array or tensor) to uint8 RGB (H, W, 3)."""
+    if _is_missing(item):
+        raise _BadImage(f"is missing ({item!r})")
     if isinstance(item, str | os.PathLike):
-        return _pil_to_rgb(_open_file(Path(item)))
+        return decode_image(_read_file(Path(item)))
+    if isinstance(item, bytes):
+        return _pil_to_rgb(_open_encoded(item))
     if isinstance(item, Image.Image):
-        return _pil_to_rgb(item)
+        return _pil_to_rgb(_upright(item))
     if _is_tensor(item):
         array = item.detach().cpu().numpy()
         return _array_to_rgb(np.moveaxis(array, 0, -1) if array.ndim == 3 else array)
     if isinstance(item, np.ndarray):
         return _array_to_rgb(item)
-    raise _BadImage(f"unsupported type {type(item).__name__}; expected a path, PIL image or array")
+    raise _BadImage(
+        f"unsupported type {type(item).__name__}; expected a path, encoded image bytes, "
+        "PIL image, array or tensor"
+    )
 
 
-def _open_file(path: Path) -> Image.Image:
-    if not path.exists():
-        raise _BadImage("file does not exist")
-    if not path.is_file():
-        raise _BadImage("is a directory, not an image file" if path.is_dir() else "not a file")
-    if path.stat().st_size == 0:
+def _read_file(path: Path) -> bytes:
+    """The file's bytes, read once, so that what is hashed is what is decoded."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise _BadImage("file does not exist") from None
+    except OSError as exc:
+        raise _BadImage(f"cannot read the file: {exc}") from None
+    if not stat.S_ISREG(mode):
+        # Reading a FIFO or a device could block forever.
+        raise _BadImage("is a directory, not an image file" if stat.S_ISDIR(mode) else "not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _BadImage(f"cannot read the file: {exc}") from None
+    if not data:
         raise _BadImage("file is empty (0 bytes)")
+    return data
+
+
+def _open_encoded(data: bytes) -> Image.Image:
+    if not data:
+        raise _BadImage("is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            # MAX_PIXELS is the limit; Pillow's own still applies when lower.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
             _check_pixel_count(image.size)
             image.load()
     except _BadImage:
         raise
     except UnidentifiedImageError:
         raise _BadImage("not an image file (unrecognised format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise _BadImage(
-            f"image is larger than Pillow's limit of {Image.MAX_IMAGE_PIXELS} pixels "
-            "(possible decompression bomb)"
+            f"image is larger than Pillow's limit (PIL.Image.MAX_IMAGE_PIXELS = "
+            f"{Image.MAX_IMAGE_PIXELS}); possible decompression bomb"
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise _BadImage(f"corrupt or truncated image: {exc}") from None
+    return _upright(image)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: its EXIF orientation applied."""
+    if image.getexif().get(_EXIF_ORIENTATION, 1) == 1:
+        return image
     return ImageOps.exif_transpose(image)
 
 
@@ -253,19 +361,22 @@ def _array_to_rgb(array: np.ndarray) -> np.ndarray:
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
-    kind = array.dtype.kind
-    if array.dtype == np.uint8:
+    """Pixels to uint8 by one rule, by dtype (see the module docstring)."""
+    kind, size = array.dtype.kind, array.dtype.itemsize
+    if kind == "u" and size == 1:
         return array
     if kind == "b":
         return array.astype(np.uint8) * 255
-    if array.dtype == np.uint16:
-        return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if kind == "u" and size == 2:  # 16-bit data, little- or big-endian
+        scaled = (array.astype(np.uint32) + _SIXTEEN_BIT_SCALE // 2) // _SIXTEEN_BIT_SCALE
+        return scaled.astype(np.uint8)
     if kind in "iu":
         low, high = array.min(), array.max()
         if low < 0 or high > 255:
             raise _BadImage(
-                f"integer pixels must lie in [0, 255] (or be uint16); got {array.dtype} "
-                f"values in [{low}, {high}]"
+                f"pixels of dtype {array.dtype} must lie in [0, 255]; got values in "
+                f"[{low}, {high}] (uint8 is taken as is, uint16 as 16-bit 0-65535, other "
+                "integer dtypes as 0-255, floats as 0-1: cast 16-bit data to uint16)"
             )
         return array.astype(np.uint8)
     if kind == "f":

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._device import autocast
-from ._images import ImageCollection, ImageFailure
+from ._images import ImageCollection
 from ._loading import iterate_batches
 
 
@@ -91,7 +91,8 @@ def run_batches(
     num_workers: int = 0,
     progress: str | None = None,
     as_numpy: bool = True,
-) -> Iterator[tuple[np.ndarray, np.ndarray | torch.Tensor | None, list[ImageFailure]]]:
+    content_hash: Callable | None = None,
+) -> Iterator[tuple]:
     """Compute ``model`` over ``images[indices]`` in batches.
 
     Parameters
@@ -117,6 +118,10 @@ def run_batches(
         None shows none.
     as_numpy : bool, default=True
         Yield outputs as float32 ndarrays; False yields CPU float32 tensors.
+    content_hash : callable, default=None
+        When given, each batch also yields ``contents``: the hash of what was
+        decoded for each entry of ``indices`` (see
+        :func:`~sktransfer._loading.iterate_batches`).
 
     Yields
     ------
@@ -127,6 +132,8 @@ def run_batches(
         the batch failed to load.
     failures : list of ImageFailure
         The samples of this batch that are not readable images.
+    contents : list of str or None
+        Only with ``content_hash``.
     """
     indices = list(range(len(images))) if indices is None else list(indices)
     if not indices:
@@ -139,6 +146,7 @@ def run_batches(
         batch_size=batch_size,
         num_workers=num_workers,
         pin_memory=engine.device.type == "cuda",
+        content_hash=content_hash,
     )
     n_batches = -(-len(indices) // batch_size)
     bar = tqdm(
@@ -148,9 +156,9 @@ def run_batches(
         desc=progress,
         unit="batch",
     )
-    for batch_indices, batch, failures in bar:
+    for batch_indices, batch, failures, *contents in bar:
         if batch is None:
-            yield batch_indices, None, failures
+            yield batch_indices, None, failures, *contents
             continue
         outputs = engine(batch)
-        yield batch_indices, outputs.numpy() if as_numpy else outputs, failures
+        yield batch_indices, outputs.numpy() if as_numpy else outputs, failures, *contents

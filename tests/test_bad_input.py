@@ -7,17 +7,22 @@ InvalidImageError names the sample (index, path) and says what was wrong, under
 That an EXIF-rotated photo comes out upright is checked pixel by pixel in test_images.
 """
 
+import io
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from sktransfer import InvalidImageError, PretrainedFeaturizer
+from sktransfer import FineTuneClassifier, InvalidImageError, PretrainedFeaturizer
+from sktransfer._cache import cache_info, clear_cache, content_hash
 
 from .conftest import TINY_PREPROCESSING, make_tiny_backbone
 
@@ -165,6 +170,124 @@ class TestWholeInputErrors:
     def test_empty_input(self, on_error):
         with pytest.raises(ValueError, match="no images: X is empty"):
             featurizer(on_error).fit([])
+
+
+def _png_bytes(image):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+ONE_IMAGE = {
+    "HxWx3 array": GOOD,
+    "3xHxW tensor": torch.from_numpy(GOOD).permute(2, 0, 1),
+    "encoded bytes": _png_bytes(GOOD),
+}
+
+
+class TestOneImageIsRefused:
+    """A lone image would be read as a batch of pixel rows: every entry point refuses it."""
+
+    MESSAGE = r"single image of shape|wrap a single image in a list"
+
+    @pytest.mark.parametrize("image", ONE_IMAGE.values(), ids=list(ONE_IMAGE))
+    def test_featurizer_fit_and_transform(self, image):
+        with pytest.raises(ValueError, match=self.MESSAGE):
+            featurizer("nan").fit(image)
+        fitted = featurizer("raise").fit([GOOD])
+        with pytest.raises(ValueError, match=self.MESSAGE):
+            fitted.transform(image)
+        assert fitted.transform([image] if isinstance(image, bytes) else image[None]).shape[0] == 1
+
+    def test_fine_tuner_fit_and_predict(self):
+        labels = np.array(["a", "b"] * 15)  # as many labels as GOOD has rows
+        clf = FineTuneClassifier(
+            make_tiny_backbone(),
+            preprocessing=TINY_PREPROCESSING,
+            max_epochs=1,
+            batch_size=4,
+            train_split=None,
+            verbose=0,
+        )
+        with pytest.raises(ValueError, match=self.MESSAGE):
+            clf.fit(GOOD, labels)
+        clf.fit(np.stack([GOOD, GOOD[::-1]]), labels[:2])
+        with pytest.raises(ValueError, match=self.MESSAGE):
+            clf.predict(GOOD)
+        assert clf.predict(GOOD[None]).shape == (1,)
+
+
+def test_encoded_bytes_get_the_features_of_their_file(tmp_path):
+    path = _save(tmp_path / "a.png", GOOD)
+    data = open(path, "rb").read()
+    np.testing.assert_array_equal(
+        featurizer("raise").fit_transform([data]), featurizer("raise").fit_transform([path])
+    )
+    assert content_hash(data) == content_hash(path)  # one cache entry for both
+
+
+def test_missing_value_gives_a_nan_row():
+    with pytest.warns(UserWarning, match="1 of 3 samples"):
+        features = featurizer("nan").fit_transform([GOOD, None, GOOD])
+    assert np.isnan(features[1]).all() and np.isfinite(features[[0, 2]]).all()
+    with pytest.raises(InvalidImageError, match=r"sample 1: is missing \(None\)"):
+        featurizer("raise").fit_transform([GOOD, None])
+
+
+def test_lifting_pillows_pixel_limit_before_import_keeps_ours(tmp_path):
+    """Users of large scans set PIL.Image.MAX_IMAGE_PIXELS = None, often before any import."""
+    good = _save(tmp_path / "good.png", GOOD)
+    (tmp_path / "bomb.png").write_bytes(_png_claiming(60000, 60000))
+    script = f"""
+import warnings
+import PIL.Image
+PIL.Image.MAX_IMAGE_PIXELS = None
+import numpy as np
+from tests.conftest import TINY_PREPROCESSING, make_tiny_backbone
+from sktransfer import PretrainedFeaturizer
+featurizer = PretrainedFeaturizer(make_tiny_backbone(), preprocessing=TINY_PREPROCESSING,
+                                  progress=False, cache=None, on_error="nan")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    features = featurizer.fit_transform([{good!r}, {str(tmp_path / "bomb.png")!r}])
+assert np.isfinite(features[0]).all() and np.isnan(features[1]).all(), features
+assert "decompression bomb" in str(caught[-1].message), caught[-1].message
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_file_replaced_while_transforming_is_stored_under_what_was_decoded(tmp_path, monkeypatch):
+    """Hash and decode the same bytes: the stored key matches the decoded content."""
+    import sktransfer._featurizer as featurizer_module
+
+    other = np.ascontiguousarray(GOOD[::-1])
+    path = _save(tmp_path / "a.png", GOOD)
+    fresh = featurizer("raise").fit_transform([GOOD, other])  # no cache: the truth
+    real_hash, calls = content_hash, []
+
+    def hash_then_replace(item):
+        # The first call is the cache lookup; the file changes right after it.
+        digest = real_hash(item)
+        calls.append(item)
+        if len(calls) == 1:
+            _save(path, other)
+        return digest
+
+    monkeypatch.setattr(featurizer_module, "content_hash", hash_then_replace)
+    clear_cache("memory")
+    cached = featurizer("raise").set_params(cache="memory").fit([path])
+    np.testing.assert_allclose(cached.transform([path])[0], fresh[1], atol=1e-6)
+    monkeypatch.undo()
+    assert cache_info("memory").entries == 1
+    # Put the old content back: its features must be its own, not the replacement's.
+    _save(path, GOOD)
+    np.testing.assert_allclose(cached.transform([path])[0], fresh[0], atol=1e-6)
+    _save(path, other)
+    np.testing.assert_allclose(cached.transform([path])[0], fresh[1], atol=1e-6)
+    clear_cache("memory")
 
 
 _array_images = hnp.arrays(

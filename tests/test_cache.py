@@ -194,6 +194,22 @@ class TestContentHash:
         assert palette_a.tobytes() == palette_b.tobytes() == gray.tobytes()
         assert len({content_hash(gray), content_hash(palette_a), content_hash(palette_b)}) == 3
 
+    def test_exif_orientation_of_pil_images(self, photos, tmp_path):
+        # Decoding turns a rotated image upright, so the orientation is part of its content.
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.fromarray(photos[0]).save(tmp_path / "r.png", exif=exif)
+        Image.fromarray(photos[0]).save(tmp_path / "u.png")
+        rotated, upright = Image.open(tmp_path / "r.png"), Image.open(tmp_path / "u.png")
+        assert rotated.tobytes() == upright.tobytes()
+        assert content_hash(rotated) != content_hash(upright)
+        assert content_hash(upright) == content_hash(Image.fromarray(photos[0]))
+
+    def test_encoded_bytes_hash_as_their_file(self, photo_paths):
+        data = open(photo_paths[0], "rb").read()
+        assert content_hash(data) == content_hash(photo_paths[0])
+        assert content_hash(data[:-1]) != content_hash(data)
+
     def test_tensors(self, photos):
         torch = pytest.importorskip("torch")
         tensor = torch.from_numpy(photos[0]).permute(2, 0, 1)

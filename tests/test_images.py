@@ -204,3 +204,122 @@ class TestBadArrays:
     def test_bad_collections(self, X, message):
         with pytest.raises(ValueError, match=message):
             ImageCollection(X)
+
+
+class TestOneImageIsNotABatch:
+    """A lone image is refused with how to pass it, never read as a batch of rows."""
+
+    @pytest.mark.parametrize(
+        "X",
+        [_rgb(30, 45), np.dstack([_rgb(30, 45), _rgb(30, 45)[..., :1]])],
+        ids=["HxWx3", "HxWx4"],
+    )
+    def test_array(self, X):
+        message = r"single image of shape \(30, 45, \d\); pass \[image\]"
+        with pytest.raises(ValueError, match=message):
+            ImageCollection(X)
+        assert ImageCollection(X[None]).load(0).shape == (30, 45, 3)
+
+    def test_tensor(self):
+        tensor = torch.from_numpy(_rgb(30, 45)).permute(2, 0, 1)
+        message = r"single image of shape \(3, 30, 45\); pass \[image\]"
+        with pytest.raises(ValueError, match=message):
+            ImageCollection(tensor)
+        assert np.array_equal(ImageCollection([tensor]).load(0), _rgb(30, 45))
+        assert np.array_equal(ImageCollection(tensor[None]).load(0), _rgb(30, 45))
+
+    def test_grayscale_array_says_how_to_pass_one(self):
+        with pytest.raises(ValueError, match=r"single grayscale image\? pass \[image\]"):
+            ImageCollection(_rgb()[..., 0])
+
+    def test_bytes_and_pil_image(self, good_png):
+        data = open(good_png, "rb").read()
+        for X in (data, Image.open(good_png)):
+            with pytest.raises(ValueError, match=r"wrap a single image in a list: \[image\]"):
+                ImageCollection(X)
+
+    def test_batch_of_grayscale_images_is_still_a_batch(self):
+        assert len(ImageCollection(np.zeros((5, 8, 9), np.uint8))) == 5
+
+
+class TestEncodedBytes:
+    def test_list_of_encoded_files_decodes_like_the_files(self, tmp_path):
+        image = _rgb()
+        Image.fromarray(image).save(tmp_path / "a.png")
+        Image.fromarray(image).save(tmp_path / "a.jpg", quality=90)
+        blobs = [(tmp_path / name).read_bytes() for name in ("a.png", "a.jpg")]
+        images = ImageCollection(blobs)
+        assert np.array_equal(images.load(0), image)
+        assert np.array_equal(images.load(1), _decode_file(tmp_path / "a.jpg"))
+        assert images.path(0) is None
+
+    def test_bad_bytes_are_named(self, good_png):
+        data = open(good_png, "rb").read()
+        assert "not an image" in _failure([data, b"hello, not a photo"]).reason
+        assert "empty" in _failure([data, b""]).reason
+        assert "truncated" in _failure([data, data[: len(data) // 2]]).reason
+
+
+class TestOnePixelRule:
+    """By dtype: uint8 as is, uint16 (any byte order) as 16-bit, other integers 0-255."""
+
+    def test_every_integer_dtype_but_uint16_takes_values_as_they_are(self):
+        values = np.arange(0, 256, dtype=np.int64).reshape(16, 16)
+        for dtype in (np.uint8, np.int8, np.int16, np.int32, np.int64, np.uint32, np.uint64):
+            if np.iinfo(dtype).max < 255:
+                continue
+            assert np.array_equal(decode_image(values.astype(dtype))[..., 0], values), dtype
+
+    @pytest.mark.parametrize("dtype", ["<u2", ">u2"])
+    def test_uint16_is_sixteen_bit_in_either_byte_order(self, dtype):
+        values = (np.arange(0, 256).reshape(16, 16) * 257).astype(dtype)
+        assert np.array_equal(decode_image(values)[..., 0], np.arange(0, 256).reshape(16, 16))
+
+    def test_big_endian_sixteen_bit_tiff(self, tmp_path):
+        values = np.arange(0, 256).reshape(16, 16)
+        Image.fromarray((values * 257).astype(">u2")).save(tmp_path / "b.tif")
+        assert Image.open(tmp_path / "b.tif").mode == "I;16B"
+        assert np.array_equal(_decode_file(tmp_path / "b.tif")[..., 0], values)
+
+    def test_out_of_range_integers_get_the_rule_in_the_error(self):
+        reason = _failure([_rgb(), np.full((4, 4), 300, np.int32)]).reason
+        assert "dtype int32 must lie in [0, 255]" in reason
+        assert "uint16 as 16-bit" in reason
+
+
+class TestMissingSamples:
+    @pytest.mark.parametrize("missing", [None, float("nan")])
+    def test_missing_value_in_a_list_is_one_bad_sample(self, good_png, missing):
+        images = ImageCollection([good_png, missing, good_png])
+        assert images.load(2).shape == (20, 30, 3)
+        failure = _failure([good_png, missing])
+        assert "missing" in failure.reason and failure.path is None
+
+    def test_missing_value_in_a_pandas_column_of_paths(self, good_png):
+        pd = pytest.importorskip("pandas")
+        column = pd.Series([good_png, None, pd.NA], dtype=object)
+        images = ImageCollection(column)
+        assert images.load(0).shape == (20, 30, 3)
+        for index in (1, 2):
+            with pytest.raises(InvalidImageError, match=f"sample {index}: is missing"):
+                images.load(index)
+
+
+def test_lifting_pillows_pixel_limit_keeps_ours(tmp_path, good_png, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    assert _decode_file(good_png).shape == (20, 30, 3)
+    Image.fromarray(np.zeros((300, 400), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr("sktransfer._images.MAX_PIXELS", 100_000)
+    assert "decompression bomb" in _failure([good_png, str(tmp_path / "big.png")]).reason
+
+
+def test_pil_images_passed_in_are_turned_upright(tmp_path):
+    wide = np.zeros((20, 60, 3), np.uint8)
+    wide[:, :30] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(wide).save(tmp_path / "r.jpg", exif=exif, quality=100)
+    with Image.open(tmp_path / "r.jpg") as opened:
+        out = ImageCollection([opened]).load(0)
+    assert np.array_equal(out, _decode_file(tmp_path / "r.jpg"))
+    assert out.shape == (60, 20, 3) and out[:30].mean() > 200
