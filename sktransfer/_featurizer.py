@@ -14,15 +14,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._backbones import (
-    Backbone,
-    BackboneSpec,
-    Preprocessing,
-    load_backbone,
-    module_fingerprint,
-    module_stages,
-    resolve_spec,
-)
+from ._backbones import Backbone, BackboneSpec, Preprocessing, load_backbone, resolve_spec
 from ._cache import DiskStore, content_hash, feature_key, resolve_store
 from ._device import precision_name, resolve_device, resolve_precision
 from ._images import ImageCollection, InvalidImageError
@@ -32,7 +24,7 @@ from ._onnx import _import_onnxruntime, onnx_engine
 
 @functools.lru_cache(maxsize=4)
 def _shared_backbone(spec: BackboneSpec, device: torch.device) -> Backbone:
-    """Build a registry backbone once per process and device; estimators share it."""
+    """Build a backbone once per process and device; estimators with equal specs share it."""
     return _prepare(load_backbone(spec), device)
 
 
@@ -62,19 +54,29 @@ def _save_to_store(store, keys, rows) -> None:
 class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Turn images into feature vectors with a frozen pretrained network.
 
-    The network's classifier is dropped; each image becomes the globally
-    average-pooled activation of its last stage. The backbone never trains,
+    The network's classifier is dropped; each image becomes the model's own
+    pre-logits features (a CNN's global average, a ViT's class token, a
+    ConvNeXt's pooled and normed activation). The backbone never trains,
     so ``fit`` only resolves the backbone; ``transform`` does the work, in
     batches, on the GPU when one is present.
 
     Parameters
     ----------
     backbone : str or torch.nn.Module, default="efficientnet_lite0"
-        A name from :func:`sktransfer.list_backbones` or a module that maps
-        (N, 3, S, S) to (N, D) or (N, C, h, w) (average-pooled).
+        A name from :func:`sktransfer.list_backbones` (or any timm model,
+        ``"timm/<name>"`` to prefer timm over torchvision) or a module that
+        maps (N, 3, S, S) to (N, D) or (N, C, h, w) (average-pooled); a
+        module is copied, never changed.
     weights : "default", None or path, default="default"
-        ``"default"``: the registry's pretrained weights (never downloaded);
-        ``None``: random initialisation (a baseline); a path: a state dict.
+        ``"default"``: the pretrained weights (the packaged default never
+        touches the network; others are downloaded to the torch or Hugging
+        Face cache when missing, unless ``SKTRANSFER_OFFLINE=1``); ``None``:
+        random initialisation (a baseline); a path: a state dict saved from
+        that model. Anything else is an error at ``fit``.
+    random_state : int or None, default=None
+        Seed of the random initialisation when ``weights=None``: the same
+        seed builds the same network, so its features are cached; None
+        builds a new network each time and caches nothing.
     preprocessing : Preprocessing, default=None
         Overrides the preprocessing that belongs to the weights; for a module
         backbone, defaults to ImageNet's (224 px, ImageNet mean and std).
@@ -130,6 +132,7 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     _parameter_constraints = {
         "backbone": [str, nn.Module],
         "weights": [str, os.PathLike, None],
+        "random_state": [Interval(Integral, 0, None, closed="left"), None],
         "preprocessing": [Preprocessing, None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str, torch.device],
@@ -146,6 +149,7 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         backbone="efficientnet_lite0",
         *,
         weights="default",
+        random_state=None,
         preprocessing=None,
         batch_size=16,
         device="auto",
@@ -158,6 +162,7 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     ):
         self.backbone = backbone
         self.weights = weights
+        self.random_state = random_state
         self.preprocessing = preprocessing
         self.batch_size = batch_size
         self.device = device
@@ -190,7 +195,9 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                     'computes in fp32 (precision="auto" or "fp32")'
                 )
         ImageCollection(X)
-        self.spec_ = resolve_spec(self.backbone, self.weights, self.preprocessing)
+        self.spec_ = resolve_spec(
+            self.backbone, self.weights, self.preprocessing, self.random_state
+        )
         self.n_features_out_ = self.spec_.feature_dim
         return self
 
@@ -227,9 +234,8 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             if self.engine == "onnxruntime"
             else resolve_precision(self.precision, device)
         )
-        # Random weights differ at every build, so their features must not be reused.
-        random_weights = isinstance(self.backbone, str) and self.spec_.weights is None
-        store = None if random_weights else resolve_store(self.cache)
+        # Unseeded random weights differ at every build, so their features must not be reused.
+        store = resolve_store(self.cache) if self.spec_.deterministic else None
         keys = [None] * len(images)
         if store is not None:
             model_key = self._model_key(dtype)
@@ -270,10 +276,7 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
 
     def _model_key(self, dtype: torch.dtype) -> str:
         """Identity of the feature function; engines that agree to float rounding share it."""
-        model_key = f"{self.spec_.key}|{precision_name(dtype)}"
-        if isinstance(self.backbone, nn.Module):
-            model_key += f"|{module_fingerprint(self.backbone)}"
-        return model_key
+        return f"{self.spec_.key}|{precision_name(dtype)}"
 
     @staticmethod
     def _key(model_key: str, content: str | None) -> str | None:
@@ -292,8 +295,6 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         )
 
     def _model(self, device: torch.device) -> nn.Module:
-        if isinstance(self.backbone, nn.Module):
-            return _prepare(Backbone(module_stages(self.backbone)), device)
         return _shared_backbone(self.spec_, device)
 
     def __sklearn_tags__(self):

@@ -35,10 +35,10 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from ._backbones import (
+    GlobalAveragePool,
     Preprocessing,
     load_backbone,
     module_fingerprint,
-    pool_features,
     resolve_spec,
 )
 from ._cache import content_hash, feature_key, resolve_store
@@ -68,7 +68,7 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 class FineTuneNetwork(nn.Module):
-    """Backbone stages, global average pooling and a new head; the first stages frozen.
+    """Backbone stages, the backbone's pooling and a new head; the first stages frozen.
 
     Parameters
     ----------
@@ -83,6 +83,9 @@ class FineTuneNetwork(nn.Module):
         dropout stays off.
     precision : torch.dtype, default=torch.float32
         Compute dtype of the frozen stages (autocast when not float32).
+    pool : nn.Module, default=None
+        The backbone's pooling (``Backbone.pool``), frozen with the last
+        stage; None: global average pooling.
     """
 
     def __init__(
@@ -91,9 +94,11 @@ class FineTuneNetwork(nn.Module):
         head: nn.Module,
         n_frozen: int,
         precision: torch.dtype = torch.float32,
+        pool: nn.Module | None = None,
     ):
         super().__init__()
         self.stages = stages
+        self.pool = pool if pool is not None else GlobalAveragePool()
         self.head = head
         self.precision = precision
         self.set_frozen(n_frozen)
@@ -103,6 +108,7 @@ class FineTuneNetwork(nn.Module):
         self.n_frozen = n_frozen
         for index, stage in enumerate(self.stages):
             stage.requires_grad_(index >= n_frozen)
+        self.pool.requires_grad_(n_frozen < len(self.stages))
         self.train(self.training)
 
     @property
@@ -116,6 +122,8 @@ class FineTuneNetwork(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         self.frozen_stages.eval()
+        if self.n_frozen == len(self.stages):
+            self.pool.eval()
         return self
 
     def forward_frozen(self, images: torch.Tensor) -> torch.Tensor:
@@ -124,13 +132,15 @@ class FineTuneNetwork(nn.Module):
             return images
         with torch.no_grad(), autocast(images.device, self.precision):
             x = self.frozen_stages(_channels_last(images))
-            # Pooling has no parameters, so a fully frozen backbone can hand over (N, D) features.
-            x = pool_features(x) if self.n_frozen == len(self.stages) else x
+            # A fully frozen backbone hands over its (N, D) features.
+            x = self.pool(x) if self.n_frozen == len(self.stages) else x
         return x.float()
 
     def forward_trainable(self, activations: torch.Tensor) -> torch.Tensor:
         """Logits from the output of :meth:`forward_frozen`."""
-        return self.head(pool_features(self.trainable_stages(_channels_last(activations))))
+        if self.n_frozen == len(self.stages):
+            return self.head(activations)
+        return self.head(self.pool(self.trainable_stages(_channels_last(activations))))
 
     def forward(self, images=None, activations=None):
         """Logits from preprocessed ``images``, or from frozen-stage ``activations``."""
@@ -639,7 +649,7 @@ class FineTuneClassifier(NeuralNetClassifier):
         backbone = load_backbone(spec)
         head = make_head(self.head, spec.feature_dim, len(self.classes_), self.dropout)
         self.module_ = FineTuneNetwork(
-            backbone.stages, head, n_frozen, precision=self._compute_dtype()
+            backbone.stages, head, n_frozen, precision=self._compute_dtype(), pool=backbone.pool
         ).to(memory_format=torch.channels_last)
         self.spec_ = spec
         self.stages_ = spec.stages
@@ -701,6 +711,7 @@ class FineTuneClassifier(NeuralNetClassifier):
         patterns = [
             *kwargs.pop("param_groups", []),
             ("stages.*", {"lr": lr * scale, "lr_scale": scale}),
+            ("pool.*", {"lr": lr * scale, "lr_scale": scale}),
         ]
         remaining = [(n, p) for n, p in self.module_.named_parameters() if p.requires_grad]
         groups = []

@@ -1,9 +1,13 @@
-"""Offline weight sources and safe loading.
+"""Weight sources, downloads and safe loading.
 
-Nothing here downloads: weights come from an installed package, the local
-torch hub cache, or a file the user names. Every file is checked against its
-expected sha256 and loaded with ``torch.load(..., weights_only=True)``, so a
-checkpoint carrying a pickle payload is refused rather than executed.
+Weights come from an installed package (never the network), a file the user
+names, the torch hub cache (torchvision) or the Hugging Face hub cache (timm).
+When the last two miss a file they fetch it the library's standard way, with
+a progress bar and torch hub's hash check, unless the offline switch is on
+(``SKTRANSFER_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``): then the error names the
+file and the folder to put it in. Every file is loaded with safetensors or
+``torch.load(..., weights_only=True)``, so a checkpoint carrying a pickle
+payload is refused rather than executed.
 """
 
 from __future__ import annotations
@@ -25,13 +29,29 @@ class WeightsIntegrityError(ValueError):
     """Raised when a weights file does not match its expected sha256 or format."""
 
 
+_TRUE = ("1", "true", "yes", "on")
+
+
+def offline() -> bool:
+    """Whether downloads are off: ``SKTRANSFER_OFFLINE`` or ``HF_HUB_OFFLINE`` is set to 1."""
+    switches = ("SKTRANSFER_OFFLINE", "HF_HUB_OFFLINE")
+    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in switches)
+
+
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex sha256 of a file, read in chunks; remembered while its size and mtime stay."""
+    stat = os.stat(path)
+    memo = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if memo not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(chunk_size):
+                digest.update(chunk)
+        _DIGESTS[memo] = digest.hexdigest()
+    return _DIGESTS[memo]
+
+
+_DIGESTS: dict[tuple, str] = {}
 
 
 @dataclass(frozen=True)
@@ -61,9 +81,10 @@ class PackagedWeights:
 
 @dataclass(frozen=True)
 class HubWeights:
-    """Weights published at a URL, looked up in the local torch hub cache only.
+    """Weights published at a URL, kept in the torch hub cache.
 
-    As in torch hub, the file name carries the first hex digits of its sha256.
+    As in torch hub, the file name carries the first hex digits of its sha256,
+    which a download is checked against.
     """
 
     url: str
@@ -85,14 +106,64 @@ class HubWeights:
     def locate(self) -> Path:
         directory = Path(torch.hub.get_dir()) / "checkpoints"
         path = directory / self.filename
-        if not path.is_file():
+        if path.is_file():
+            return path
+        if offline():
             raise WeightsNotFoundError(
-                f"pretrained weights file {self.filename!r} is not in the torch hub cache and "
-                f"this library never downloads. Copy it from {self.url} to {path} "
-                "(or set TORCH_HOME), pass weights='<path to file>', or weights=None for "
-                "random initialisation"
+                f"pretrained weights file {self.filename!r} is not in the torch hub cache "
+                f"{str(directory)!r} and downloads are off (SKTRANSFER_OFFLINE / "
+                f"HF_HUB_OFFLINE). Copy it from {self.url} to {path} (or set TORCH_HOME), "
+                "pass weights='<path to file>', or weights=None for random initialisation"
             )
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(self.url, str(path), hash_prefix=self.sha256)
+        except Exception as exc:  # urllib and torch hub raise several kinds
+            raise WeightsNotFoundError(
+                f"could not download {self.url} to {path}: {exc}. Copy the file there by "
+                "hand, pass weights='<path to file>', or weights=None"
+            ) from exc
         return path
+
+
+@dataclass(frozen=True)
+class HFWeights:
+    """Weights of a Hugging Face hub repository (timm's), kept in the hub cache.
+
+    ``filename`` None means timm's own choice: ``model.safetensors``, else
+    ``pytorch_model.bin``. ``sha256`` is pinned when a backbone is resolved.
+    """
+
+    repo_id: str
+    filename: str | None = None
+    sha256: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.sha256 or sha256_file(self.locate())
+
+    def locate(self) -> Path:
+        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+        names = [self.filename] if self.filename else ["model.safetensors", "pytorch_model.bin"]
+        for name in names:
+            try:
+                return Path(hf_hub_download(self.repo_id, name, local_files_only=offline()))
+            except EntryNotFoundError:
+                continue  # try timm's next file name
+            except LocalEntryNotFoundError as exc:
+                why = "downloads are off: SKTRANSFER_OFFLINE / HF_HUB_OFFLINE" if offline() else exc
+                raise WeightsNotFoundError(
+                    f"pretrained weights {self.repo_id}/{name} are not in the Hugging Face "
+                    f"cache {constants.HF_HUB_CACHE!r} and could not be downloaded ({why}). "
+                    "Download them where there is a network (huggingface-cli download "
+                    f"{self.repo_id}), pass weights='<path to file>', or weights=None"
+                ) from exc
+        raise WeightsNotFoundError(f"{self.repo_id} holds none of {names}")
+
+    def pinned(self) -> HFWeights:
+        return HFWeights(self.repo_id, self.locate().name, sha256_file(self.locate()))
 
 
 @dataclass(frozen=True)
@@ -109,11 +180,18 @@ class FileWeights:
     def locate(self) -> Path:
         path = Path(self.path)
         if not path.is_file():
-            raise WeightsNotFoundError(f"weights file {str(path)!r} does not exist")
+            raise WeightsNotFoundError(
+                f"weights file {str(path)!r} does not exist; weights must be 'default', "
+                "None (random initialisation) or the path of a state dict file"
+            )
         return path
 
+    def pinned(self) -> FileWeights:
+        """The same file, with its current sha256: a later change is refused, not used."""
+        return FileWeights(self.path, sha256_file(self.locate()))
 
-WeightsSource = PackagedWeights | HubWeights | FileWeights
+
+WeightsSource = PackagedWeights | HubWeights | HFWeights | FileWeights
 
 
 def load_state_dict(source: WeightsSource) -> dict[str, torch.Tensor]:
@@ -137,7 +215,12 @@ def load_state_dict(source: WeightsSource) -> dict[str, torch.Tensor]:
                 "it is corrupt or not the file these weights name"
             )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            import safetensors.torch
+
+            state = safetensors.torch.load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... by version
         raise WeightsIntegrityError(
             f"weights file {str(path)!r} is not a plain tensor checkpoint and was not loaded "
@@ -148,3 +231,19 @@ def load_state_dict(source: WeightsSource) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsIntegrityError(f"weights file {str(path)!r} does not hold a state dict")
     return state
+
+
+def is_local(source: WeightsSource) -> bool:
+    """Whether a source's file is on this machine; never downloads."""
+    if isinstance(source, HFWeights):
+        from huggingface_hub import try_to_load_from_cache
+
+        names = [source.filename] if source.filename else ["model.safetensors", "pytorch_model.bin"]
+        return any(isinstance(try_to_load_from_cache(source.repo_id, n), str) for n in names)
+    if isinstance(source, HubWeights):
+        return (Path(torch.hub.get_dir()) / "checkpoints" / source.filename).is_file()
+    try:
+        source.locate()
+    except WeightsNotFoundError:
+        return False
+    return True

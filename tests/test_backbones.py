@@ -11,13 +11,14 @@ from torch import nn
 from sktransfer import (
     Backbone,
     Preprocessing,
+    PretrainedFeaturizer,
     WeightsIntegrityError,
     WeightsNotFoundError,
     get_backbone_spec,
     list_backbones,
     load_backbone,
 )
-from sktransfer._backbones import load_network, module_spec
+from sktransfer._backbones import FEATURE_FORMAT, load_network, module_spec
 from sktransfer._weights import FileWeights, PackagedWeights, load_state_dict
 
 from .conftest import make_tiny_backbone
@@ -37,12 +38,62 @@ class TestDefaultBackbone:
             logits = network(spec.preprocessing(photos[1])[None])
         assert int(logits.argmax()) not in IMAGENET_CATS
 
+    @pytest.mark.slow
+    def test_features_are_the_tf_port_with_torchvision_style_preprocessing(self, photos):
+        # The reference pipeline, written out independently: timm's TF-port architecture,
+        # the packaged tensors paired with timm's in order, torchvision's eval transform.
+        import timm
+        from torchvision.transforms import v2
+
+        packaged = load_state_dict(get_backbone_spec("efficientnet_lite0").weights)
+        reference = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+        reference.load_state_dict(dict(zip(reference.state_dict(), packaged.values())))
+        transform = v2.Compose(
+            [
+                v2.Resize(256, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
+                v2.CenterCrop(224),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize([0.5] * 3, [0.5] * 3),
+            ]
+        )
+        batch = torch.stack([transform(torch.from_numpy(p).permute(2, 0, 1)) for p in photos])
+        with torch.inference_mode():
+            expected = reference.forward_head(reference.forward_features(batch), pre_logits=True)
+        features = PretrainedFeaturizer(cache=None, progress=False).fit_transform(photos)
+        cosine = torch.nn.functional.cosine_similarity(torch.from_numpy(features), expected)
+        assert cosine.min() >= 0.999, cosine
+
+    @pytest.mark.slow
+    def test_chelsea_is_a_surer_cat_than_with_the_non_tf_architecture(self, photos):
+        import timm
+
+        spec = get_backbone_spec("efficientnet_lite0")
+        packaged = load_state_dict(spec.weights)
+        image = spec.preprocessing(photos[0])[None]
+        confidences = []
+        for architecture in ("tf_efficientnet_lite0", "efficientnet_lite0"):
+            network = timm.create_model(architecture, pretrained=False).eval()
+            network.load_state_dict(dict(zip(network.state_dict(), packaged.values())))
+            with torch.inference_mode():
+                probabilities = network(image).softmax(1)[0]
+            assert int(probabilities.argmax()) in IMAGENET_CATS
+            confidences.append(float(probabilities.max()))
+        tf_port, as_built_before = confidences
+        assert tf_port > as_built_before
+
+    def test_cache_key_names_the_feature_format(self):
+        spec = get_backbone_spec("efficientnet_lite0")
+        # Keys made before the TF-port fix had no version: none of them can match.
+        assert spec.key.startswith(f"v{FEATURE_FORMAT}|timm:tf_efficientnet_lite0|")
+        assert FEATURE_FORMAT >= 2
+
     def test_backbone_has_stages_and_1280_features(self):
         spec = get_backbone_spec("efficientnet_lite0")
         backbone = load_backbone(spec)
         assert spec.feature_dim == 1280
         assert backbone.stage_names == spec.stages
-        assert spec.stages[0] == "stem" and spec.stages[-1] == "head"
+        assert spec.stages == ("stem", *(f"block{i}" for i in range(7)), "head")
+        assert spec.architecture == "tf_efficientnet_lite0"
         with torch.inference_mode():
             assert backbone(torch.zeros(2, 3, 224, 224)).shape == (2, 1280)
 
@@ -55,8 +106,7 @@ class TestDefaultBackbone:
     def test_registry_lists_lite_and_torchvision_models(self):
         names = list_backbones()
         assert names[:3] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
-        assert "resnet50" in names and "convnext_tiny" in names
-        assert not any(name.startswith("squeezenet") for name in names)  # no linear head
+        assert "resnet50" in names and "convnext_tiny" in names and "squeezenet1_0" in names
         assert "efficientnet_lite0" in list_backbones(available_only=True)
 
     def test_unknown_name_is_a_clear_error(self):
@@ -94,7 +144,8 @@ class TestTorchvisionBackbones:
 
     @pytest.mark.parametrize(
         "name, dim, n_stages",
-        [("mobilenet_v3_small", 576, 13), ("convnext_tiny", 768, 9), ("vit_b_16", 768, 1)],
+        # widths before the last linear layer: MobileNetV3's hidden layer, a ViT's class token
+        [("mobilenet_v3_small", 1024, 13), ("convnext_tiny", 768, 8), ("vit_b_16", 768, 13)],
     )
     def test_families_cut_before_their_classifier(self, name, dim, n_stages):
         spec = get_backbone_spec(name, weights=None)
@@ -104,11 +155,13 @@ class TestTorchvisionBackbones:
 
     def test_missing_hub_weights_name_the_file_and_where_to_put_it(self, tmp_path, monkeypatch):
         monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+        monkeypatch.setenv("SKTRANSFER_OFFLINE", "1")
         with pytest.raises(WeightsNotFoundError) as info:
             load_backbone("resnet18")
         message = str(info.value)
         assert "resnet18-f37072fd.pth" in message
         assert str(tmp_path / "hub" / "checkpoints") in message
+        assert "SKTRANSFER_OFFLINE" in message
 
     def test_weights_found_in_hub_cache_are_loaded(self, tmp_path, monkeypatch):
         monkeypatch.setenv("TORCH_HOME", str(tmp_path))
@@ -160,5 +213,5 @@ class TestModuleBackbones:
         module = nn.Conv2d(3, 5, 3)
         spec = module_spec(module)
         assert spec.stages == ("body",) and spec.feature_dim == 5
-        backbone = Backbone(spec.cut(module))
+        backbone = Backbone(*spec.cut(module))
         assert backbone(torch.zeros(2, 3, 10, 10)).shape == (2, 5)

@@ -1,0 +1,202 @@
+"""Backbones: a name (or a module) maps to a :class:`BackboneSpec`, a spec to a :class:`Backbone`.
+
+Names are resolved in this order: the packaged EfficientNet-Lite defaults,
+torchvision's classifiers, then timm's models (``arch`` or ``arch.tag``);
+``timm/<name>`` asks for timm where torchvision has the same name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from .._weights import FileWeights, HFWeights, is_local, load_state_dict
+from ._lite import LITE, lite_spec
+from ._module import module_fingerprint, module_spec, module_stages
+from ._spec import (
+    FEATURE_FORMAT,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Backbone,
+    BackboneSpec,
+    GlobalAveragePool,
+    Preprocessing,
+    pool_features,
+)
+from ._timm import import_timm, is_timm_name, timm_spec
+from ._torchvision import torchvision_names, torchvision_spec
+
+__all__ = [
+    "FEATURE_FORMAT",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Backbone",
+    "BackboneSpec",
+    "GlobalAveragePool",
+    "Preprocessing",
+    "get_backbone_spec",
+    "list_backbones",
+    "load_backbone",
+    "load_network",
+    "module_fingerprint",
+    "module_spec",
+    "module_stages",
+    "pool_features",
+    "resolve_spec",
+]
+
+_TIMM_PREFIX = "timm/"
+
+
+def list_backbones(pattern: str = "", available_only: bool = False) -> list[str]:
+    """Names accepted by :func:`get_backbone_spec` and the estimators' ``backbone``.
+
+    Parameters
+    ----------
+    pattern : str, default=""
+        A shell-style filter as in ``timm.list_models`` (``"convnext*"``);
+        empty lists the EfficientNet-Lite defaults and torchvision's
+        classifiers. timm's models are listed when ``pattern`` is given:
+        every pretrained timm name (with its tag) matching it, and
+        ``pattern="timm/*"`` lists them all.
+    available_only : bool, default=False
+        Only list backbones whose pretrained weights are on this machine
+        (nothing is downloaded to find out).
+
+    Returns
+    -------
+    names : list of str
+        The EfficientNet-Lite models first, then torchvision's, then timm's.
+    """
+    names = [*LITE, *torchvision_names()]
+    if pattern:
+        bare = pattern[len(_TIMM_PREFIX) :] if pattern.startswith(_TIMM_PREFIX) else pattern
+        names = [] if pattern.startswith(_TIMM_PREFIX) else fnmatch.filter(names, pattern)
+        taken = {*LITE, *torchvision_names()}
+        for name in import_timm().list_pretrained(bare):
+            names.append(_TIMM_PREFIX + name if name.partition(".")[0] in taken else name)
+    if not available_only:
+        return names
+    return [name for name in names if is_local(get_backbone_spec(name).weights)]
+
+
+@functools.cache
+def _registry_spec(name: str, weights: str | None) -> BackboneSpec:
+    if name in LITE:
+        spec = lite_spec(name)
+        return (
+            spec
+            if weights == "default"
+            else replace(spec, weights=None if weights is None else FileWeights(weights))
+        )
+    if name.startswith(_TIMM_PREFIX):
+        bare = name[len(_TIMM_PREFIX) :]
+        if is_timm_name(bare):
+            return replace(timm_spec(bare, weights), name=name)
+    elif name in torchvision_names():
+        return torchvision_spec(name, weights)
+    elif is_timm_name(name):
+        return timm_spec(name, weights)
+    raise ValueError(
+        f"unknown backbone {name!r}; choose one of list_backbones() (for example "
+        f"{', '.join(LITE)}, 'resnet50', 'convnext_tiny.fb_in22k', 'timm/resnet18'), "
+        "or pass a torch.nn.Module"
+    )
+
+
+def _check_weights(weights) -> str | None:
+    if weights is None or weights == "default":
+        return weights
+    if isinstance(weights, str | bytes) or hasattr(weights, "__fspath__"):
+        path = str(weights)
+        if path.lower() in ("default", "none", "imagenet", "pretrained", "random"):
+            raise ValueError(
+                f"weights={weights!r} is not valid: use 'default' (lower case) for the "
+                "pretrained weights, None for random initialisation, or a file path"
+            )
+        FileWeights(path).locate()  # a missing file is a clear error now, not at transform
+        return path
+    raise ValueError(
+        f"weights must be 'default', None or the path of a state dict file, got {weights!r}"
+    )
+
+
+def get_backbone_spec(name: str, weights: str | None = "default") -> BackboneSpec:
+    """Look up a backbone by name: its preprocessing, feature width and stages.
+
+    Parameters
+    ----------
+    name : str
+        ``"efficientnet_lite0"`` (the estimators' default, timm's
+        ``tf_efficientnet_lite0`` with packaged weights), ``"efficientnet_lite1"``,
+        ``"efficientnet_lite2"``, a torchvision classifier (``"resnet50"``), a
+        timm model with or without its pretrained tag
+        (``"convnext_tiny.fb_in22k"``), or ``"timm/<name>"`` for timm's model
+        where torchvision has one of the same name.
+    weights : "default", None or path, default="default"
+        ``"default"``: the pretrained weights (downloaded to the library's cache
+        when missing, unless offline); ``None``: random initialisation; a path:
+        a state dict saved from this model.
+
+    Returns
+    -------
+    spec : BackboneSpec
+    """
+    return _registry_spec(name, _check_weights(weights))
+
+
+def resolve_spec(
+    backbone, weights="default", preprocessing=None, random_state=None
+) -> BackboneSpec:
+    """The spec of an estimator's ``backbone`` parameter (a name or a module), weights pinned.
+
+    A weights file (or a downloaded timm checkpoint) is hashed here, once, so
+    the spec names exactly the tensors it loads; a file changed later gives a
+    new spec at the next resolution.
+    """
+    if isinstance(backbone, nn.Module):
+        return module_spec(backbone, preprocessing)
+    spec = get_backbone_spec(backbone, weights)
+    if isinstance(spec.weights, FileWeights | HFWeights) and spec.weights.sha256 is None:
+        spec = replace(spec, weights=spec.weights.pinned())
+    if spec.weights is None and random_state is not None:
+        spec = replace(spec, random_state=int(random_state))
+    if preprocessing is not None:
+        spec = replace(spec, preprocessing=preprocessing)
+    return spec
+
+
+def load_network(spec: BackboneSpec) -> nn.Module:
+    """Build the whole network of a spec (classifier included) with its weights, in eval mode."""
+    state = None if spec.weights is None else load_state_dict(spec.weights)
+    if spec.random_state is None:
+        return spec.build_network(spec, state).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.random_state)
+        return spec.build_network(spec, state).eval()
+
+
+def load_backbone(spec: BackboneSpec | str, weights: str | None = "default") -> Backbone:
+    """Build a :class:`Backbone`: the pretrained network cut before its classifier.
+
+    Parameters
+    ----------
+    spec : BackboneSpec or str
+        A spec or a registry name.
+    weights : "default", None or path, default="default"
+        Used when ``spec`` is a name; see :func:`get_backbone_spec`.
+
+    Returns
+    -------
+    backbone : Backbone
+        Stages named as ``spec.stages`` and the model's own pooling, in eval
+        mode, on the CPU, in float32.
+    """
+    if isinstance(spec, str):
+        spec = get_backbone_spec(spec, weights)
+    stages, pool = spec.cut(load_network(spec))
+    return Backbone(stages, pool).eval()

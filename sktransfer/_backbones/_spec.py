@@ -1,0 +1,229 @@
+"""What a backbone is: its preprocessing, its spec (identity included) and the module.
+
+A :class:`BackboneSpec` is data, in the spirit of torchvision's ``Weights`` and
+timm's ``PretrainedCfg``: how to build the network, where its weights come
+from, the preprocessing that belongs to those weights, the feature width and
+the ordered stages that freezing counts. Its :attr:`~BackboneSpec.key` names
+the function the backbone computes, so cache keys are made of it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from numbers import Real
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._weights import WeightsSource
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Version of how features are computed from a spec. Bump it whenever the
+#: library changes that (architecture, cut, pooling), so old cache entries miss.
+#: 2: EfficientNet-Lite built as the TF port; pre-logits of the model's own head.
+FEATURE_FORMAT = 2
+
+_MAX_ASPECT = 4
+_INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+def _three_floats(name: str, value) -> tuple[float, float, float]:
+    values = tuple(np.asarray(value, dtype=float).ravel().tolist()) if value is not None else ()
+    if len(values) != 3 or not all(isinstance(v, Real) and np.isfinite(v) for v in values):
+        raise ValueError(f"Preprocessing {name} must be 3 finite numbers (R, G, B), got {value!r}")
+    return values
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images are prepared for a backbone: resize, centre crop, normalise.
+
+    This is the evaluation transform of torchvision's weights
+    (``weights.transforms()``) and of timm's ``create_transform`` with a
+    centre crop; the registry fills it from the library, and users may pass
+    their own to override it.
+
+    Parameters
+    ----------
+    input_size : int, default=224
+        Side of the square the network sees.
+    resize_size : int, default=256
+        Side the shorter image edge is scaled to before the centre crop of
+        ``input_size``; ``input_size / resize_size`` is the crop fraction.
+    interpolation : {"bilinear", "bicubic", "nearest"}, default="bilinear"
+        Resampling filter (antialiased).
+    mean, std : sequence of 3 floats
+        Per-channel normalisation of pixels scaled to [0, 1]; lists are
+        accepted and stored as tuples.
+    crop_mode : {"center", "squash"}, default="center"
+        ``"center"``: keep the aspect ratio, scale the shorter edge; ``"squash"``:
+        scale both edges to ``resize_size`` (timm's ``crop_mode="squash"``).
+    """
+
+    input_size: int = 224
+    resize_size: int = 256
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    crop_mode: str = "center"
+
+    def __post_init__(self):
+        for name in ("input_size", "resize_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"Preprocessing {name} must be a positive int, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(
+                f"Preprocessing interpolation must be one of {_INTERPOLATIONS}, "
+                f"got {self.interpolation!r}"
+            )
+        if self.crop_mode not in ("center", "squash"):
+            raise ValueError(
+                f"Preprocessing crop_mode must be 'center' or 'squash', got {self.crop_mode!r}"
+            )
+        object.__setattr__(self, "mean", _three_floats("mean", self.mean))
+        std = _three_floats("std", self.std)
+        if min(std) <= 0:
+            raise ValueError(f"Preprocessing std must be positive, got {self.std!r}")
+        object.__setattr__(self, "std", std)
+
+    def __call__(self, rgb: np.ndarray) -> torch.Tensor:
+        """Turn a uint8 (H, W, 3) image into a normalised float32 (3, S, S) tensor.
+
+        Resize the shorter side to ``resize_size``, then crop the centre
+        ``input_size`` square, exactly as torchvision and timm evaluate.
+        """
+        import torchvision.transforms.v2.functional as F
+
+        height, width = rgb.shape[:2]
+        short, long = sorted((height, width))
+        if long > _MAX_ASPECT * short:
+            # Only the centre of a very elongated image is kept: cut the rest
+            # first, so resizing it cannot take unbounded memory.
+            keep = _MAX_ASPECT * short
+            if height > width:
+                rgb = rgb[(height - keep) // 2 :][:keep]
+            else:
+                rgb = rgb[:, (width - keep) // 2 :][:, :keep]
+        image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
+        size = [self.resize_size] * (2 if self.crop_mode == "squash" else 1)
+        image = F.resize(
+            image,
+            size,
+            interpolation=F.InterpolationMode(self.interpolation),
+            antialias=True,
+        )
+        image = F.center_crop(image, [self.input_size, self.input_size])
+        return F.normalize(image.float().div_(255), self.mean, self.std)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything needed to build a pretrained backbone and feed it.
+
+    Attributes
+    ----------
+    name : str
+        Registry name (or the class name of a user module).
+    preprocessing : Preprocessing
+        The preprocessing that belongs to the weights.
+    feature_dim : int
+        Length of the feature vector (the model's pre-logits features).
+    stages : tuple of str
+        Names of the stages, input to output; freezing counts these.
+    weights : PackagedWeights, HubWeights, HFWeights, FileWeights or None
+        Where the pretrained weights come from; ``None`` means random
+        initialisation (seeded by ``random_state`` when it is set).
+    library : str
+        ``"timm"``, ``"torchvision"`` or ``"module"`` (a user's module).
+    architecture : str
+        What is built: the library's model name, or a user module's structure digest.
+    random_state : int or None
+        Seed of a random initialisation; None with ``weights=None`` means
+        a different network at every build.
+    """
+
+    name: str
+    preprocessing: Preprocessing
+    feature_dim: int
+    stages: tuple[str, ...]
+    weights: WeightsSource | None
+    library: str = "module"
+    architecture: str = ""
+    random_state: int | None = None
+    build_network: Callable[[BackboneSpec], nn.Module] = field(
+        default=None, repr=False, compare=False
+    )
+    cut: Callable[[nn.Module], tuple[OrderedDict, nn.Module]] = field(
+        default=None, repr=False, compare=False
+    )
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether every build computes the same function (so features may be cached)."""
+        return not (self.library != "module" and self.weights is None and self.random_state is None)
+
+    @property
+    def key(self) -> str:
+        """Identity of the function this backbone computes.
+
+        Made of the feature-format version, library, architecture, weights
+        (their hash or seed), preprocessing; precision is added by the caller.
+        """
+        if self.weights is not None:
+            weights = self.weights.id
+        elif self.random_state is not None:
+            weights = f"random:{self.random_state}"
+        else:
+            weights = "random"
+        return (
+            f"v{FEATURE_FORMAT}|{self.library}:{self.architecture}|{self.name}|"
+            f"{weights}|{self.preprocessing}"
+        )
+
+
+class Backbone(nn.Module):
+    """A network cut before its classifier: named stages, then the model's own pooling.
+
+    Parameters
+    ----------
+    stages : OrderedDict of str to nn.Module
+        Run in order, input to output.
+    pool : nn.Module, default=None
+        Maps the last stage's output to ``(N, D)`` features the model's own
+        way (a ViT's class token, a ConvNeXt's pooled and normed features,
+        a CNN's global average); None: average-pool ``(N, C, h, w)``,
+        flatten anything else.
+    """
+
+    def __init__(self, stages: OrderedDict[str, nn.Module], pool: nn.Module | None = None):
+        super().__init__()
+        self.stages = nn.Sequential(stages)
+        self.pool = pool if pool is not None else GlobalAveragePool()
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.stages.named_children())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.stages(x))
+
+
+def pool_features(x: torch.Tensor) -> torch.Tensor:
+    """Average-pool a ``(N, C, h, w)`` activation to ``(N, C)``; flatten anything else."""
+    if x.ndim == 4:
+        return x.mean(dim=(2, 3))
+    return x.flatten(1)
+
+
+class GlobalAveragePool(nn.Module):
+    """:func:`pool_features` as a module."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pool_features(x)
