@@ -12,6 +12,7 @@ float32 bytes, little-endian.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import operator
 import os
@@ -44,6 +45,9 @@ _BUSY_TIMEOUT_S = 30.0
 _BUSY_RETRY_DELAYS_S = (0.05, 0.2, 1.0, None)  # None: give up
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_CANTOPEN = 3, 8, 14
+_READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+_OPEN_DISK_STORES = 8  # resolve_store keeps this many open, most recently used
 _FEATURE_DTYPE = np.dtype("<f4")
 _CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS features (
@@ -381,16 +385,24 @@ class DiskStore:
     length or checksum is wrong is a miss and is deleted. So the store never
     returns wrong features; at worst it computes them again.
 
-    ``get_many`` and ``put_many`` turn SQLite's operational errors (disk
-    full, read-only, still busy after retries) into a :class:`CacheWarning`
-    and a miss or a skipped write, since the features can always be
-    computed; ``len`` and ``clear`` raise them. Failing to create the
-    directory or the database file raises :class:`OSError`, and a database
-    still unusable after one rebuild raises :class:`sqlite3.DatabaseError`.
+    A directory or database this process cannot write (a read-only file
+    system, a shared cache owned by someone else) is opened read-only: the
+    store serves the features it holds, the rest are computed and not
+    stored, and one :class:`CacheWarning` says so. Without a database to
+    read, every lookup is a miss.
 
-    The connection is opened lazily, once per process and store, and never
-    used across ``fork()``. Pickling keeps only the directory, so a store
-    travels to joblib workers in a few bytes.
+    ``get_many`` and ``put_many`` turn SQLite's other operational errors
+    (disk full, still busy after retries) into a :class:`CacheWarning` (once
+    per kind and store) and a miss or a skipped write, since the features can
+    always be computed; ``len`` and ``clear`` raise them. A ``directory``
+    that is a file raises :class:`NotADirectoryError`, and a database still
+    unusable after one rebuild raises :class:`sqlite3.DatabaseError`.
+
+    The connection is opened lazily, once per process and store, shared by
+    the process's threads and never used across ``fork()``;
+    :func:`resolve_store` hands out one store per directory, so repeated
+    ``transform`` calls reuse it. Pickling keeps only the directory, so a
+    store travels to joblib workers in a few bytes.
     """
 
     def __init__(self, directory):
@@ -403,6 +415,9 @@ class DiskStore:
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._inode: int | None = None
+        self._read_only = False
+        self._unavailable = False  # nothing to read: no database, or none this process can open
+        self._warned: set[str] = set()
 
     def __getstate__(self) -> dict:
         return {"directory": os.fspath(self.directory)}
@@ -423,7 +438,8 @@ class DiskStore:
         return total
 
     def __len__(self) -> int:
-        return self._run(lambda db: db.execute("SELECT count(*) FROM features").fetchone()[0])
+        count = self._run(lambda db: db.execute("SELECT count(*) FROM features").fetchone())
+        return 0 if count is None else count[0]
 
     def get_many(self, keys) -> list[np.ndarray | None]:
         """Stored vectors of ``keys``; None where absent, damaged or unreadable.
@@ -439,14 +455,26 @@ class DiskStore:
         """
         keys = list(keys)
         try:
-            found, damaged = self._run(lambda db: _select(db, keys))
+            found, damaged = self._run(
+                lambda db: _select(db, keys, delete_damaged=not self._read_only), ({}, 0)
+            )
         except sqlite3.OperationalError as exc:
-            _warn(f"could not read the feature cache {self.path} ({exc}); computing features")
+            self._warn_once(
+                "read", f"could not read the feature cache {self.path} ({exc}); computing features"
+            )
             return [None] * len(keys)
-        if damaged:
-            _warn(
+        if damaged and self._read_only:
+            self._warn_once(
+                "damaged",
+                f"the read-only feature cache {self.path} has damaged rows; their features "
+                "are computed again",
+            )
+        elif damaged:
+            warnings.warn(
                 f"{damaged} damaged row(s) in the feature cache {self.path} were deleted; "
-                "their features are computed again"
+                "their features are computed again",
+                CacheWarning,
+                stacklevel=2,
             )
         return [found.get(key) for key in keys]
 
@@ -469,9 +497,11 @@ class DiskStore:
         if not records:
             return
         try:
-            self._run(lambda db: _insert(db, records))
+            self._run(lambda db: None if self._read_only else _insert(db, records))
         except sqlite3.OperationalError as exc:
-            _warn(f"could not write to the feature cache {self.path} ({exc}); not cached")
+            self._warn_once(
+                "write", f"could not write to the feature cache {self.path} ({exc}); not cached"
+            )
 
     def clear(self) -> None:
         """Delete every vector and give the space back to the file system."""
@@ -498,20 +528,30 @@ class DiskStore:
                 _INHERITED_CONNECTIONS.append(self._connection)
             self._start_process()
 
-    def _run(self, operation):
-        """``operation(connection)`` under the lock; a corrupt file is rebuilt once."""
+    def _warn_once(self, kind: str, message: str) -> None:
+        # Every transform meets the same read-only or full disk; one warning says it.
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(message, CacheWarning, stacklevel=4)
+
+    def _run(self, operation, default=None):
+        """``operation(connection)`` under the lock; a corrupt file is rebuilt once.
+
+        ``default`` when there is no database this process can read.
+        """
         self._forget_inherited_connection()
         with self._lock:
             try:
-                return self._run_retrying_busy(operation)
+                return self._run_retrying_busy(operation, default)
             except _UnusableDatabase as exc:
                 self._rebuild(str(exc))
-            return self._run_retrying_busy(operation)
+            return self._run_retrying_busy(operation, default)
 
-    def _run_retrying_busy(self, operation):
+    def _run_retrying_busy(self, operation, default):
         for delay in _BUSY_RETRY_DELAYS_S:
             try:
-                return operation(self._connect())
+                connection = self._connect()
+                return default if connection is None else operation(connection)
             except _UnusableDatabase:
                 raise
             except sqlite3.DatabaseError as exc:
@@ -522,9 +562,34 @@ class DiskStore:
                     raise
             time.sleep(delay)
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> sqlite3.Connection | None:
+        """This process's connection; None when there is no database it can read."""
+        if self._unavailable:
+            return None
         if self._connection is not None:
-            return self._connection
+            if self._read_only or not self._replaced():
+                return self._connection
+            self._connection.close()
+            self._connection = None
+        _check_directory(self.directory)
+        try:
+            self._connection = self._open_for_writing()
+        except (OSError, sqlite3.OperationalError) as exc:
+            if not _denies_writing(exc):
+                raise
+            self._connection = self._open_read_only(exc)
+        return self._connection
+
+    def _replaced(self) -> bool:
+        """Whether the database file was moved aside or deleted since it was opened."""
+        # The connection lives as long as the process; another process may have rebuilt
+        # the file, or a user deleted the folder, and new rows must go where others look.
+        try:
+            return os.stat(self.path).st_ino != self._inode
+        except FileNotFoundError:
+            return True
+
+    def _open_for_writing(self) -> sqlite3.Connection:
         if not self.directory.is_dir():
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         # SQLite gives its -wal and -shm files the database file's mode.
@@ -541,8 +606,53 @@ class DiskStore:
         except BaseException:
             connection.close()
             raise
-        self._connection = connection
         return connection
+
+    def _open_read_only(self, reason: Exception) -> sqlite3.Connection | None:
+        """Serve what a store this process cannot write holds; None if there is nothing."""
+        self._read_only = True
+        if not self.path.is_file():
+            self._unavailable = True
+            self._warn_once(
+                "read-only",
+                f"cannot create the feature cache {self.path} ({reason}); features are "
+                "computed and not stored",
+            )
+            return None
+        uri = self.path.absolute().as_uri()
+        # A WAL database opens read-only only if its -shm file can be made; where the
+        # directory forbids that, immutable reads the database file alone.
+        for query in ("mode=ro", "mode=ro&immutable=1"):
+            connection = sqlite3.connect(
+                f"{uri}?{query}",
+                uri=True,
+                timeout=_BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            try:
+                version = connection.execute("PRAGMA user_version").fetchone()[0]
+            except sqlite3.DatabaseError as exc:
+                connection.close()
+                problem = exc
+                continue
+            if version == _SCHEMA_VERSION:
+                self._warn_once(
+                    "read-only",
+                    f"the feature cache {self.path} is read-only here ({reason}); serving the "
+                    "features it holds, computing the rest without storing them",
+                )
+                return connection
+            connection.close()
+            problem = f"schema version {version}, not {_SCHEMA_VERSION}"
+            break
+        self._unavailable = True
+        self._warn_once(
+            "read-only",
+            f"cannot use the read-only feature cache {self.path} ({problem}); features are "
+            "computed and not stored",
+        )
+        return None
 
     def _rebuild(self, reason: str) -> None:
         if self._connection is not None:
@@ -561,6 +671,26 @@ class DiskStore:
             f"and kept the old file as {aside}",
             CacheWarning,
             stacklevel=4,
+        )
+
+
+def _denies_writing(exc: Exception) -> bool:
+    """Whether ``exc`` says this process may not write the store (but may read it)."""
+    if isinstance(exc, OSError):
+        return exc.errno in _READ_ONLY_ERRNOS
+    return _error_code(exc) in (_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_CANTOPEN)
+
+
+def _check_directory(directory: Path) -> None:
+    if directory.exists() and not directory.is_dir():
+        hint = (
+            f"; did you mean its folder, {os.fspath(directory.parent)!r}?"
+            if directory.name == DATABASE_NAME
+            else ""
+        )
+        raise NotADirectoryError(
+            f"the feature cache must be a directory (it will hold {DATABASE_NAME}); "
+            f"{os.fspath(directory)!r} is a file{hint}"
         )
 
 
@@ -621,8 +751,10 @@ def _is_intact(key, dim, data, checksum) -> bool:
     )
 
 
-def _select(db: sqlite3.Connection, keys: list[str]) -> tuple[dict[str, np.ndarray], int]:
-    """Intact rows of ``keys`` by key, and how many damaged rows were deleted."""
+def _select(
+    db: sqlite3.Connection, keys: list[str], delete_damaged: bool = True
+) -> tuple[dict[str, np.ndarray], int]:
+    """Intact rows of ``keys`` by key, and how many damaged rows were found (and deleted)."""
     found, damaged = {}, []
     unique = list(dict.fromkeys(keys))
     for start in range(0, len(unique), _KEYS_PER_QUERY):
@@ -636,7 +768,7 @@ def _select(db: sqlite3.Connection, keys: list[str]) -> tuple[dict[str, np.ndarr
                 found[key] = np.frombuffer(data, _FEATURE_DTYPE).astype(np.float32, copy=False)
             else:
                 damaged.append((key, checksum))
-    if damaged:
+    if damaged and delete_damaged:
         with _write_transaction(db):
             # Match the checksum too, so a good row written meanwhile survives.
             db.executemany("DELETE FROM features WHERE key = ? AND checksum IS ?", damaged)
@@ -651,10 +783,6 @@ def _insert(db: sqlite3.Connection, records: list[tuple]) -> None:
         )
 
 
-def _warn(message: str) -> None:
-    warnings.warn(message, CacheWarning, stacklevel=3)
-
-
 # ---------------------------------------------------------------- public API
 
 
@@ -665,9 +793,10 @@ def resolve_store(cache) -> MemoryStore | DiskStore | None:
     ----------
     cache : "memory", str, os.PathLike, MemoryStore, DiskStore or None
         ``"memory"``: the process-wide :func:`default_memory_store`; any
-        other str or path: a :class:`DiskStore` in that directory (write
-        ``"./memory"`` for a directory of that name); a store: itself;
-        None: no cache.
+        other str or path: the process's :class:`DiskStore` for that
+        directory, the same one every time, so its connection is reused
+        (write ``"./memory"`` for a directory of that name); a store:
+        itself; None: no cache.
 
     Returns
     -------
@@ -677,14 +806,52 @@ def resolve_store(cache) -> MemoryStore | DiskStore | None:
     ------
     TypeError
         ``cache`` is none of the above.
+    ValueError
+        ``cache`` is the empty string.
+    NotADirectoryError
+        ``cache`` names a file.
     """
     if cache is None or isinstance(cache, MemoryStore | DiskStore):
         return cache
     if isinstance(cache, str) and cache == "memory":
         return _DEFAULT_MEMORY_STORE
     if isinstance(cache, str | os.PathLike):
-        return DiskStore(cache)
+        if not os.fspath(cache):
+            raise ValueError(
+                "cache='' names no directory; use 'memory', a directory path (such as '.') or None"
+            )
+        directory = Path(cache).expanduser()
+        _check_directory(directory)
+        return _shared_disk_store(directory)
     raise TypeError(f"cache must be 'memory', a directory path or None; got {type(cache).__name__}")
+
+
+_DISK_STORES: OrderedDict[str, DiskStore] = OrderedDict()  # least recently used first
+_DISK_STORES_LOCK = threading.Lock()
+
+
+def _reset_disk_stores_lock() -> None:
+    global _DISK_STORES_LOCK
+    _DISK_STORES_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_disk_stores_lock)
+
+
+def _shared_disk_store(directory: Path) -> DiskStore:
+    """One store per directory and process, so each keeps one open connection."""
+    name = os.path.abspath(directory)
+    with _DISK_STORES_LOCK:
+        store = _DISK_STORES.get(name)
+        if store is None:
+            store = _DISK_STORES[name] = DiskStore(name)
+        _DISK_STORES.move_to_end(name)
+        evicted = []
+        while len(_DISK_STORES) > _OPEN_DISK_STORES:
+            evicted.append(_DISK_STORES.popitem(last=False)[1])
+    for old in evicted:
+        old.close()  # a caller still holding it reopens on its next call
+    return store
 
 
 def _existing(store):

@@ -1,5 +1,12 @@
 """Shared fixtures: real photos from scikit-image, written to disk, and a tiny backbone."""
 
+import contextlib
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -53,3 +60,35 @@ def tiny_backbone():
 def small_images():
     """Twelve small random RGB images."""
     return np.random.default_rng(0).integers(0, 256, (12, 40, 48, 3), dtype=np.uint8)
+
+
+@contextlib.contextmanager
+def unable_to_write(directory):
+    """Make ``directory`` and its files read-only for this process, for real.
+
+    root ignores permission bits, so as root the process acts as user nobody
+    meanwhile (effective uid only, so it can switch back).
+    """
+    directory = Path(directory)
+    modes = {path: stat.S_IMODE(path.stat().st_mode) for path in [directory, *directory.iterdir()]}
+    for path in modes:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    as_root = os.geteuid() == 0
+    if as_root:
+        os.seteuid(65534)
+    try:
+        yield
+    finally:
+        if as_root:
+            os.seteuid(0)
+        for path, mode in modes.items():
+            path.chmod(mode)
+
+
+@pytest.fixture
+def shared_tmp():
+    """A folder that a process acting as user nobody can reach (pytest's is root-only)."""
+    directory = Path(tempfile.mkdtemp(prefix="sktransfer-ro-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)

@@ -35,6 +35,8 @@ from sktransfer._cache import (
     set_memory_limit,
 )
 
+from .conftest import unable_to_write
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -605,6 +607,78 @@ class TestDiskPermissions:
     def test_constructing_touches_nothing(self, tmp_path):
         DiskStore(tmp_path / "later")
         assert not (tmp_path / "later").exists()
+
+
+class TestDiskReadOnly:
+    """A store this process cannot write serves what it holds and warns once."""
+
+    def test_serves_what_it_holds_computes_the_rest_and_warns_once(self, shared_tmp):
+        directory = shared_tmp / "cache"
+        directory.mkdir(mode=0o755)
+        writer = DiskStore(directory)
+        writer.put_many(["a", "b"], np.arange(8, dtype=np.float32).reshape(2, 4))
+        writer.close()  # SQLite removes -wal and -shm: only the database file is left
+        with unable_to_write(directory), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(PermissionError):  # the directory really refuses writes
+                (directory / "probe").touch()
+            store = DiskStore(directory)
+            for _ in range(3):
+                found = store.get_many(["a", "missing", "b"])
+                store.put_many(["c"], np.ones((1, 4)))
+            assert len(store) == 2
+            store.close()
+        assert_bitwise_equal(found[0], np.arange(4))
+        assert found[1] is None
+        assert_bitwise_equal(found[2], np.arange(4, 8))
+        messages = [str(w.message) for w in caught if issubclass(w.category, CacheWarning)]
+        assert len(messages) == 1 and "read-only" in messages[0], messages
+        assert DiskStore(directory).get_many(["c"]) == [None]
+
+    def test_without_a_database_every_lookup_misses(self, shared_tmp):
+        directory = shared_tmp / "empty"
+        directory.mkdir(mode=0o755)
+        with unable_to_write(directory), pytest.warns(CacheWarning, match="cannot create"):
+            store = DiskStore(directory)
+            assert store.get_many(["a"]) == [None]
+            store.put_many(["a"], np.ones((1, 4)))
+            assert len(store) == 0
+
+
+class TestDiskPaths:
+    def test_a_file_is_not_a_cache_directory(self, tmp_path):
+        (tmp_path / "notes.txt").write_text("mine")
+        with pytest.raises(NotADirectoryError, match="must be a directory.*notes.txt' is a file"):
+            resolve_store(tmp_path / "notes.txt")
+        DiskStore(tmp_path).put_many(["a"], np.ones((1, 2)))
+        with pytest.raises(NotADirectoryError, match="did you mean its folder"):
+            resolve_store(tmp_path / DATABASE_NAME)
+        with pytest.raises(NotADirectoryError):
+            DiskStore(tmp_path / "notes.txt").get_many(["a"])
+        assert (tmp_path / "notes.txt").read_text() == "mine"
+
+    def test_empty_string_is_refused(self, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(ValueError, match="cache='' names no directory"):
+            resolve_store("")
+        assert not list(tmp_path.iterdir())
+
+    def test_one_store_and_connection_per_directory(self, tmp_path):
+        store = resolve_store(tmp_path)
+        assert resolve_store(str(tmp_path)) is store
+        assert resolve_store(tmp_path / "other") is not store
+        store.put_many(["a"], np.ones((1, 2)))
+        open_files = len(os.listdir("/proc/self/fd"))
+        for _ in range(200):
+            assert resolve_store(tmp_path).get_many(["a"])[0] is not None
+        assert len(os.listdir("/proc/self/fd")) <= open_files + 2
+
+    def test_shared_store_follows_a_deleted_or_rebuilt_database(self, tmp_path):
+        directory = tmp_path / "cache"
+        resolve_store(directory).put_many(["a"], np.ones((1, 2)))
+        shutil.rmtree(directory)
+        resolve_store(directory).put_many(["b"], np.ones((1, 2)))
+        assert DiskStore(directory).get_many(["a", "b"])[1] is not None
 
 
 class TestCacheInfoAndClear:

@@ -119,11 +119,27 @@ class TestSklearnContract:
         assert list(frame.columns) == [f"pretrainedfeaturizer{i}" for i in range(8)]
         assert list(frame.index) == [10, 11, 12]
 
-    def test_transform_before_fit_is_refused(self, small_images):
+    def test_unfitted_featurizer_refuses_valid_images(self, small_images):
+        # Our own form of check_estimators_unfitted and check_transformers_unfitted,
+        # which feed 2-D tabular X: any featurizer refuses that, fitted or not.
         from sklearn.exceptions import NotFittedError
 
-        with pytest.raises(NotFittedError):
-            tiny_featurizer().transform(small_images)
+        featurizer = tiny_featurizer()
+        for method in (featurizer.transform, lambda X: featurizer.get_feature_names_out()):
+            with pytest.raises(NotFittedError):
+                method(small_images)
+        assert not hasattr(featurizer, "n_features_out_")
+
+    def test_fit_sets_the_output_width_that_transform_and_names_follow(self, small_images):
+        # Our form of check_n_features_in_after_fitting: images have no n_features_in_,
+        # so the contract is on the output. Any image size fits any fitted featurizer.
+        featurizer = tiny_featurizer().fit(small_images[:2])
+        assert featurizer.n_features_out_ == 8
+        names = featurizer.get_feature_names_out()
+        assert list(names) == [f"pretrainedfeaturizer{i}" for i in range(8)]
+        other_size = np.zeros((3, 17, 90, 3), np.uint8)
+        assert featurizer.transform(other_size).shape == (3, len(names))
+        assert not hasattr(featurizer, "n_features_in_")
 
     def test_invalid_parameters_are_named(self, small_images):
         with pytest.raises(ValueError, match="batch_size"):
@@ -160,7 +176,10 @@ class TestBadInput:
 
 # parametrize_with_checks skips estimators without the two_d_array input tag as a
 # whole, so the data-free API checks are listed here; those that feed 2-D tabular
-# data are expected to fail, each with its reason.
+# data are expected to fail, each with its reason. check_estimators_unfitted and
+# check_n_features_in_after_fitting return without checking anything for image input,
+# and check_transformers_unfitted passes on the 2-D X's shape error alone: our own
+# tests above assert their contracts.
 _NEEDS_TABULAR_X = "feeds a 2-D tabular X, which is not a collection of images"
 API_CHECKS = {
     "check_estimator_cloneable": None,
@@ -174,10 +193,7 @@ API_CHECKS = {
     "check_do_not_raise_errors_in_init_or_set_params": None,
     "check_param_validation": None,
     "check_mixin_order": None,
-    "check_estimators_unfitted": None,
-    "check_transformers_unfitted": None,
     "check_get_feature_names_out_error": None,
-    "check_n_features_in_after_fitting": None,
     "check_fit_score_takes_y": _NEEDS_TABULAR_X,
     "check_estimators_overwrite_params": _NEEDS_TABULAR_X,
     "check_dont_overwrite_parameters": _NEEDS_TABULAR_X,

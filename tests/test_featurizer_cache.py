@@ -21,7 +21,9 @@ from sklearn.pipeline import make_pipeline
 from torch import nn
 
 from sktransfer import Preprocessing, PretrainedFeaturizer
-from sktransfer._cache import cache_info, clear_cache
+from sktransfer._cache import CacheWarning, cache_info, clear_cache, resolve_store
+
+from .conftest import unable_to_write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,6 +193,41 @@ class TestDiskCache:
         np.testing.assert_array_equal(np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy"))
         assert cache_info(cache).entries == n
         assert _run_featurizer_process(cache, tmp_path / "again.npy", n) == 0
+
+
+class TestDiskCacheSurroundings:
+    def test_read_only_cache_serves_what_it_holds_and_computes_the_rest(self, shared_tmp):
+        cache, X = shared_tmp / "cache", make_images(6)
+        expected = counting_featurizer(cache=None).fit_transform(X)
+        featurizer = counting_featurizer(cache=cache).fit(X)
+        featurizer.transform(X[:4])
+        resolve_store(cache).close()  # as a finished session leaves it
+        with unable_to_write(cache), pytest.warns(CacheWarning, match="read-only") as caught:
+            forwards, features = count_forwards(lambda: featurizer.transform(X))
+            again, _ = count_forwards(lambda: featurizer.transform(X))
+        np.testing.assert_allclose(features, expected, atol=1e-6)
+        assert (forwards, again) == (2, 2)  # the two new images, computed, not stored
+        assert len([w for w in caught if issubclass(w.category, CacheWarning)]) == 1
+        resolve_store(cache).close()
+
+    def test_bad_cache_paths_are_clear_errors(self, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)
+        X = make_images(1)
+        with pytest.raises(ValueError, match="cache='' names no directory"):
+            counting_featurizer(cache="").fit(X).transform(X)
+        (tmp_path / "file").write_text("")
+        with pytest.raises(NotADirectoryError, match="'file' is a file"):
+            counting_featurizer(cache="file").fit(X).transform(X)
+        assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+    def test_transforms_reuse_one_connection(self, tmp_path):
+        X = make_images(2)
+        featurizer = counting_featurizer(cache=tmp_path).fit(X)
+        featurizer.transform(X)
+        open_files = len(os.listdir("/proc/self/fd"))
+        for _ in range(200):
+            featurizer.transform(X)
+        assert len(os.listdir("/proc/self/fd")) <= open_files + 2
 
 
 def test_random_weights_are_never_cached():
