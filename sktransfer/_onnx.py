@@ -138,7 +138,10 @@ class OnnxEngine(Engine):
                     UserWarning,
                     stacklevel=4,
                 )
-        self.session = ort.InferenceSession(model, providers=providers)
+        options = ort.SessionOptions()
+        # ORT ignores OMP_NUM_THREADS; following torch keeps joblib workers from oversubscribing.
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = ort.InferenceSession(model, options, providers=providers)
         self.device = torch.device("cuda" if providers[0].startswith("CUDA") else "cpu")
         self._input = self.session.get_inputs()[0].name
 
