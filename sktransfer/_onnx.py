@@ -43,16 +43,38 @@ def _import_onnxruntime():
     return onnxruntime
 
 
-def export_onnx(module: nn.Module, input_size: int, key: str) -> bytes:
-    """Serialise ``module`` (``(N, 3, S, S)`` -> outputs) as ONNX, with a dynamic batch axis.
+class _Call(nn.Module):
+    """A module calling ``function``, such as a network's method for its frozen prefix."""
 
+    def __init__(self, function: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.function = function
+        owner = getattr(function, "__self__", None)
+        # Registered, so that the exporter sees its tensors as parameters.
+        self.owner = owner if isinstance(owner, nn.Module) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function(x)
+
+
+def export_onnx(model, input_size: int, key: str) -> bytes:
+    """Serialise ``model`` (``(N, 3, S, S)`` -> outputs) as ONNX, with a dynamic batch axis.
+
+    ``model`` is a module, or a function such as a module's bound method; it
+    is traced in eval mode, and every module's mode is left as it was.
     ``key`` is stored in the model's metadata, so a file found on disk can
     be checked to be the function it is named for.
     """
     _import_onnxruntime()
     import onnx
 
-    example = torch.zeros(1, 3, input_size, input_size)
+    module = model if isinstance(model, nn.Module) else _Call(model)
+    parameter = next(module.parameters(), None)
+    device = torch.device("cpu") if parameter is None else parameter.device
+    example = torch.zeros(1, 3, input_size, input_size, device=device)
+    # The exporter switches every submodule to eval, then all back to the top
+    # module's mode: a training network's frozen stages must come back in eval.
+    modes = {submodule: submodule.training for submodule in module.modules()}
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript exporter needs no onnxscript; its deprecation notice and
@@ -73,9 +95,12 @@ def export_onnx(module: nn.Module, input_size: int, key: str) -> bytes:
             raise RuntimeError(
                 f'could not export the backbone to ONNX ({exc}); engine="torch" runs it as it is'
             ) from exc
-    model = onnx.load_from_string(buffer.getvalue())
-    onnx.helper.set_model_props(model, {_KEY_PROPERTY: key})
-    return model.SerializeToString()
+        finally:
+            for submodule, training in modes.items():
+                submodule.training = training
+    proto = onnx.load_from_string(buffer.getvalue())
+    onnx.helper.set_model_props(proto, {_KEY_PROPERTY: key})
+    return proto.SerializeToString()
 
 
 def _stored_key(data: bytes) -> str | None:
@@ -165,8 +190,9 @@ def onnx_engine(
     key : str
         Identity of the function ``build()`` computes (like the features' key).
     build : callable
-        Returns the module to export, on the CPU in fp32 and eval mode;
-        called only when the model is neither in this process nor on disk.
+        Returns what to export (see :func:`export_onnx`), in fp32 and eval
+        mode; called only when the model is neither in this process nor on
+        disk.
     input_size : int
         Side of the square images the module takes.
     device : torch.device

@@ -136,3 +136,36 @@ def test_default_backbone_on_real_photos(photos):
     assert torch.allclose(
         torch.from_numpy(onnx_features), torch.from_numpy(torch_features), atol=1e-3
     )
+
+
+def test_a_method_exports_too(small_images, exports):
+    """What the fine-tuner needs: its frozen prefix is a method, its output a feature map."""
+    from sktransfer._images import ImageCollection
+    from sktransfer._inference import run_batches
+    from sktransfer._onnx import onnx_engine
+
+    class Network(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stages = make_tiny_backbone()
+
+        def frozen_prefix(self, x):
+            return self.stages[:2](x)
+
+    network = Network().eval()
+    engine = onnx_engine("prefix", lambda: network.frozen_prefix, 32, torch.device("cpu"))
+    images = ImageCollection(small_images)
+
+    def outputs(model):
+        batches = run_batches(model, images, transform=TINY_PREPROCESSING, batch_size=5)
+        return np.concatenate([rows for _, rows, _ in batches])
+
+    expected = outputs(network.frozen_prefix)
+    assert expected.ndim == 4 and len(expected) == len(small_images)
+    np.testing.assert_allclose(outputs(engine), expected, rtol=1e-4, atol=1e-5)
+    # Exporting leaves every module's mode as it was (the exporter toggles them).
+    network.train()
+    network.stages[0].eval()
+    modes = [module.training for module in network.modules()]
+    onnx_module.export_onnx(network.frozen_prefix, 32, "again")
+    assert [module.training for module in network.modules()] == modes
