@@ -17,6 +17,7 @@ import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -147,20 +148,28 @@ class HFWeights:
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
         names = [self.filename] if self.filename else ["model.safetensors", "pytorch_model.bin"]
+        missing = None
         for name in names:
             try:
-                return Path(hf_hub_download(self.repo_id, name, local_files_only=offline()))
-            except EntryNotFoundError:
-                continue  # try timm's next file name
-            except LocalEntryNotFoundError as exc:
-                why = "downloads are off: SKTRANSFER_OFFLINE / HF_HUB_OFFLINE" if offline() else exc
-                raise WeightsNotFoundError(
-                    f"pretrained weights {self.repo_id}/{name} are not in the Hugging Face "
-                    f"cache {constants.HF_HUB_CACHE!r} and could not be downloaded ({why}). "
-                    "Download them where there is a network (huggingface-cli download "
-                    f"{self.repo_id}), pass weights='<path to file>', or weights=None"
-                ) from exc
-        raise WeightsNotFoundError(f"{self.repo_id} holds none of {names}")
+                if not offline():
+                    return Path(hf_hub_download(self.repo_id, name))
+                # The hub's own offline mode also stops its side requests, not only downloads.
+                with mock.patch.object(constants, "HF_HUB_OFFLINE", True):
+                    return Path(hf_hub_download(self.repo_id, name, local_files_only=True))
+            except LocalEntryNotFoundError as exc:  # not cached, and not downloadable now
+                missing = missing or (name, exc)
+            except EntryNotFoundError:  # the repository has no such file: try timm's next name
+                continue
+        if missing is None:
+            raise WeightsNotFoundError(f"{self.repo_id} holds none of {names}")
+        name, exc = missing
+        why = "downloads are off: SKTRANSFER_OFFLINE / HF_HUB_OFFLINE" if offline() else exc
+        raise WeightsNotFoundError(
+            f"pretrained weights {self.repo_id}/{name} are not in the Hugging Face "
+            f"cache {constants.HF_HUB_CACHE!r} and could not be downloaded ({why}). "
+            "Download them where there is a network (huggingface-cli download "
+            f"{self.repo_id}), pass weights='<path to file>', or weights=None"
+        ) from exc
 
     def pinned(self) -> HFWeights:
         return HFWeights(self.repo_id, self.locate().name, sha256_file(self.locate()))

@@ -1,0 +1,139 @@
+"""Downloads for real: timm weights fetched from a Hugging Face hub served on 127.0.0.1.
+
+The server speaks the hub's file protocol (``/<repo>/resolve/<revision>/<file>``
+with its commit and ETag headers); huggingface_hub is pointed at it with
+``HF_ENDPOINT``, which it reads at import, so each check runs in a fresh process.
+"""
+
+import hashlib
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+timm = pytest.importorskip("timm")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO = "timm/test_resnet.r160_in1k"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class HubFiles(http.server.BaseHTTPRequestHandler):
+    files: dict = {}
+    requests: list = []
+
+    def _serve(self, body: bool):
+        self.requests.append(self.path)
+        prefix = f"/{REPO}/resolve/main/"
+        data = self.files.get(self.path[len(prefix) :]) if self.path.startswith(prefix) else None
+        if data is None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", COMMIT)
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def do_HEAD(self):
+        self._serve(body=False)
+
+    def do_GET(self):
+        self._serve(body=True)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """A local hub holding the weights of a randomly initialised ``test_resnet``."""
+    folder = tmp_path_factory.mktemp("hub")
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet.r160_in1k", pretrained=False)
+    path = folder / "model.safetensors"
+    safetensors_torch.save_file(model.state_dict(), str(path))
+    HubFiles.files = {"model.safetensors": path.read_bytes()}
+    HubFiles.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubFiles)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", model.eval()
+    server.shutdown()
+
+
+SCRIPT = """
+import json, sys
+import numpy as np
+import sktransfer
+
+X = np.random.default_rng(0).integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)
+try:
+    f = sktransfer.PretrainedFeaturizer("test_resnet.r160_in1k", cache=None, progress=False)
+    np.save(sys.argv[1], f.fit_transform(X))
+    print(json.dumps({"ok": True}))
+except sktransfer.WeightsNotFoundError as exc:
+    print(json.dumps({"ok": False, "error": str(exc)}))
+"""
+
+
+def run(tmp_path, endpoint, **env):
+    environment = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
+    environment.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"), **env)
+    environment["PYTHONPATH"] = str(ROOT)
+    out = tmp_path / "features.npy"
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(out)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report["stderr"] = result.stderr
+    if report["ok"]:
+        report["features"] = np.load(out)
+    return report
+
+
+def test_missing_weights_are_downloaded_then_used_offline(hub, tmp_path):
+    endpoint, model = hub
+    first = run(tmp_path, endpoint)
+    assert first["ok"], first
+    assert any(r.endswith("/model.safetensors") for r in HubFiles.requests)
+    # The file landed in the hub cache, and the features are those of the served weights.
+    cached = list((tmp_path / "hf").rglob("model.safetensors"))
+    assert cached and cached[0].read_bytes() == HubFiles.files["model.safetensors"]
+    spec = timm.data.resolve_model_data_config(model)
+    assert first["features"].shape == (3, model.num_features) and spec["input_size"][1] == 160
+    # Now offline: the cached file is enough, and the server is not asked again.
+    HubFiles.requests.clear()
+    again = run(tmp_path, endpoint, SKTRANSFER_OFFLINE="1")
+    assert again["ok"], again
+    assert HubFiles.requests == []
+    np.testing.assert_array_equal(again["features"], first["features"])
+
+
+def test_offline_switch_names_the_file_and_the_folder(hub, tmp_path):
+    endpoint, _ = hub
+    HubFiles.requests.clear()
+    report = run(tmp_path, endpoint, SKTRANSFER_OFFLINE="1")
+    assert not report["ok"]
+    assert f"{REPO}/model.safetensors" in report["error"]
+    assert str(tmp_path / "hf") in report["error"]
+    assert HubFiles.requests == []
