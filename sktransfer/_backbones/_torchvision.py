@@ -45,7 +45,10 @@ def _builder_overrides(name: str) -> dict:
     """What the builder sets when given weights, for builds without them (random or a file)."""
     weights = default_weights_enum(name)
     if name in ("googlenet", "inception_v3"):
-        return dict(transform_input=True, aux_logits=False, init_weights=False)
+        # Given weights, googlenet drops its auxiliary heads and inception_v3 keeps them
+        # (they run only in training; the stages leave them out).
+        aux_logits = name == "inception_v3"
+        return dict(transform_input=True, aux_logits=aux_logits, init_weights=False)
     if name.startswith("vit_"):
         return dict(image_size=weights.meta["min_size"][0])
     return {}
