@@ -19,6 +19,20 @@ from ._cache import DiskStore, content_hash, feature_key, resolve_store
 from ._device import precision_name, resolve_device, resolve_precision
 from ._images import ImageCollection, InvalidImageError
 from ._inference import run_batches
+from ._layers import (
+    OWN,
+    POOLINGS,
+    Plan,
+    StagePooling,
+    columns,
+    entry_model_key,
+    entry_widths,
+    fill_from_store,
+    resolve_layers,
+    save_to_store,
+    selected_entries,
+    stage_widths,
+)
 from ._onnx import _import_onnxruntime, onnx_engine
 
 
@@ -33,32 +47,15 @@ def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(device=device, memory_format=torch.channels_last).eval()
 
 
-def _fill_from_store(store, keys, features) -> list[int]:
-    """Copy cached rows into ``features``; return the indices still to compute."""
-    known = [i for i, key in enumerate(keys) if key is not None]
-    rows = store.get_many([keys[i] for i in known]) if store is not None and known else []
-    found = set()
-    for index, row in zip(known, rows):
-        if row is not None:
-            features[index] = row
-            found.add(index)
-    return [i for i in range(len(keys)) if i not in found]
-
-
-def _save_to_store(store, keys, rows) -> None:
-    known = [j for j, key in enumerate(keys) if key is not None]
-    if store is not None and known:
-        store.put_many([keys[j] for j in known], rows[known])
-
-
 class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Turn images into feature vectors with a frozen pretrained network.
 
     The network's classifier is dropped; each image becomes the model's own
     pre-logits features (a CNN's global average, a ViT's class token, a
-    ConvNeXt's pooled and normed activation). The backbone never trains,
-    so ``fit`` only resolves the backbone; ``transform`` does the work, in
-    batches, on the GPU when one is present.
+    ConvNeXt's pooled and normed activation), or the pooled activations of
+    earlier stages (``layers``). The backbone never trains, so ``fit`` only
+    resolves the backbone; ``transform`` does the work, in batches, on the
+    GPU when one is present.
 
     Parameters
     ----------
@@ -77,6 +74,20 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         Seed of the random initialisation when ``weights=None``: the same
         seed builds the same network, so its features are cached; None
         builds a new network each time and caches nothing.
+    layers : int, str or tuple, default=-1
+        Which stages' outputs become features: an index into
+        ``spec_.stages`` (:func:`sktransfer.get_backbone_spec` lists them;
+        negative counts from the output, ``-1`` is the last), a stage name,
+        or a tuple of them, concatenated in the order given. Earlier stages
+        are less specialised to ImageNet, so they help on far domains
+        (drawings, X-rays, clothing); let cross-validation choose.
+    pooling : {"auto", "avg", "max", "avgmax"}, default="auto"
+        How a stage's activation becomes a vector per image: ``"avg"`` or
+        ``"max"`` over space (or over tokens, for a ViT), ``"avgmax"`` both,
+        concatenated. ``"auto"`` is the model's own pooling for the last
+        stage (so ``layers=-1`` gives the model's own features: a ViT's
+        class token, a ConvNeXt's pooled and normed output, a CNN's
+        average) and the average for every other stage.
     preprocessing : Preprocessing, default=None
         Overrides the preprocessing that belongs to the weights; for a module
         backbone, defaults to ImageNet's (224 px, ImageNet mean and std).
@@ -109,7 +120,12 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         ``GridSearchCV`` over a pipeline computes each image once); a
         directory, a SQLite store shared by processes and later sessions;
         None, no caching. Entries are keyed by the backbone, its weights,
-        preprocessing and precision, and the image's bytes or pixels.
+        preprocessing and precision, and the image's bytes or pixels. With
+        a store, one pass keeps every stage's average and maximum and the
+        model's own features, each under its own key, whatever ``layers``
+        and ``pooling`` ask for: a search over them runs the backbone once
+        per image (at the price of storing about 4x the bytes of the last
+        stage alone, for the default backbone).
     progress : bool, default=True
         Show a progress bar (only when output goes to a terminal or notebook).
 
@@ -119,6 +135,11 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         The resolved backbone: preprocessing, feature dimension, stages.
     n_features_out_ : int
         Length of each feature vector.
+    stage_widths_ : tuple of int
+        Width of each stage's pooled output, input to output.
+    layers_ : tuple of (str, str, int)
+        The column blocks, in order: stage name, pooling (``"avg"``,
+        ``"max"`` or ``"own"``, the model's own) and width.
 
     Examples
     --------
@@ -133,6 +154,8 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         "backbone": [str, nn.Module],
         "weights": [str, os.PathLike, None],
         "random_state": [Interval(Integral, 0, None, closed="left"), None],
+        "layers": [Integral, str, tuple, list],
+        "pooling": [StrOptions(set(POOLINGS))],
         "preprocessing": [Preprocessing, None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str, torch.device],
@@ -150,6 +173,8 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         *,
         weights="default",
         random_state=None,
+        layers=-1,
+        pooling="auto",
         preprocessing=None,
         batch_size=16,
         device="auto",
@@ -163,6 +188,8 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.backbone = backbone
         self.weights = weights
         self.random_state = random_state
+        self.layers = layers
+        self.pooling = pooling
         self.preprocessing = preprocessing
         self.batch_size = batch_size
         self.device = device
@@ -198,8 +225,35 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.spec_ = resolve_spec(
             self.backbone, self.weights, self.preprocessing, self.random_state
         )
-        self.n_features_out_ = self.spec_.feature_dim
+        stages = self.spec_.stages
+        entries = selected_entries(resolve_layers(self.layers, stages), self.pooling, stages)
+        # Probed here, once per process and backbone, so transform (maybe in a worker) need not.
+        self.stage_widths_ = stage_widths(self.spec_)
+        widths = entry_widths(stages, self.stage_widths_, self.spec_.feature_dim)
+        self.layers_ = tuple((stage, pooling, widths[stage, pooling]) for stage, pooling in entries)
+        self.n_features_out_ = sum(width for *_, width in self.layers_)
         return self
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the output columns.
+
+        Parameters
+        ----------
+        input_features : ignored
+
+        Returns
+        -------
+        names : ndarray of str
+            ``pretrainedfeaturizer0, ...`` for the model's own features (the
+            default); otherwise ``<stage>_<pooling>_<i>`` (``block5_avg_17``).
+        """
+        check_is_fitted(self)
+        if [(stage, pooling) for stage, pooling, _ in self.layers_] == [
+            (self.spec_.stages[-1], OWN)
+        ]:
+            return super().get_feature_names_out(input_features)
+        names = [f"{stage}_{p}_{i}" for stage, p, width in self.layers_ for i in range(width)]
+        return np.asarray(names, dtype=object)
 
     @property
     def _n_features_out(self):
@@ -236,14 +290,23 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         )
         # Unseeded random weights differ at every build, so their features must not be reused.
         store = resolve_store(self.cache) if self.spec_.deterministic else None
+        stages = self.spec_.stages
+        entries = [(stage, pooling) for stage, pooling, _ in self.layers_]
+        widths = entry_widths(stages, self.stage_widths_, self.spec_.feature_dim)
+        # With a store, one pass keeps every stage, so other layers are a later hit;
+        # without one, the pass stops at the deepest stage asked for.
+        plan = Plan.complete(stages) if store is not None else Plan.covering(stages, entries)
+        model_key = self._model_key(dtype)
         keys = [None] * len(images)
         if store is not None:
-            model_key = self._model_key(dtype)
-            keys = [self._key(model_key, content_hash(images[i])) for i in range(len(images))]
-        missing = _fill_from_store(store, keys, features)
+            keys = [
+                self._keys(model_key, entries, content_hash(images[i])) for i in range(len(images))
+            ]
+        missing = fill_from_store(store, keys, features)
+        take = columns(plan.entries, entries, widths)
         failures = []
         batches = run_batches(
-            self._engine(device, store) if missing else None,
+            self._engine(device, store, plan) if missing else None,
             images,
             missing,
             transform=self.spec_.preprocessing,
@@ -258,11 +321,12 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             failures.extend(bad)
             if rows is None:
                 continue
-            features[indices] = rows
+            features[indices] = rows[:, take]
             if store is not None:
                 # Keyed by the content decoded, which differs from the lookup's if a file
                 # changed; stored batch by batch, so an interrupted run keeps finished batches.
-                _save_to_store(store, [self._key(model_key, c) for c in contents], rows)
+                row_keys = [self._keys(model_key, plan.entries, c) for c in contents]
+                save_to_store(store, row_keys, rows, plan.entries, widths)
         if failures:
             if self.on_error == "raise":
                 raise InvalidImageError(failures)
@@ -278,17 +342,19 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         """Identity of the feature function; engines that agree to float rounding share it."""
         return f"{self.spec_.key}|{precision_name(dtype)}"
 
-    @staticmethod
-    def _key(model_key: str, content: str | None) -> str | None:
-        """A sample's cache key, or None when its content cannot be read."""
-        return None if content is None else feature_key(model_key, content)
+    def _keys(self, model_key: str, entries, content: str | None) -> list[str] | None:
+        """A sample's cache keys, one per entry, or None when its content cannot be read."""
+        if content is None:
+            return None
+        stages = self.spec_.stages
+        return [feature_key(entry_model_key(model_key, e, stages), content) for e in entries]
 
-    def _engine(self, device: torch.device, store):
+    def _engine(self, device: torch.device, store, plan: Plan):
         if self.engine == "torch":
-            return self._model(device)
+            return StagePooling(self._model(device), plan)
         return onnx_engine(
-            self._model_key(torch.float32),
-            lambda: self._model(torch.device("cpu")),
+            f"{self._model_key(torch.float32)}|{plan.label}",
+            lambda: StagePooling(self._model(torch.device("cpu")), plan),
             self.spec_.preprocessing.input_size,
             device,
             store.directory if isinstance(store, DiskStore) else None,

@@ -17,6 +17,7 @@ from torch import nn
 from sktransfer import PretrainedFeaturizer, _finetune
 from sktransfer._backbones import resolve_spec
 from sktransfer._cache import cache_info
+from sktransfer._layers import stage_widths
 from sktransfer._finetune import FineTuneClassifier
 from tests.test_finetune import TINY, colour_images, make_backbone
 
@@ -35,7 +36,9 @@ def counting_backbone(seed=0):
     """The tiny backbone behind a counting stage; the count restarts after its one probe."""
     stages = OrderedDict(counter=CountingStage(), **dict(make_backbone(seed).named_children()))
     backbone = nn.Sequential(stages).eval()
-    resolve_spec(backbone, preprocessing=TINY)  # runs one blank image to learn the feature dim
+    # Runs one blank image to learn the feature dim, and one on the meta device for each
+    # stage's width (the featurizer's fit does).
+    stage_widths(resolve_spec(backbone, preprocessing=TINY))
     CountingStage.images_seen = 0
     return backbone
 
@@ -97,7 +100,8 @@ class TestFrozenOutputsInTheStore:
         clf = make_clf(backbone, freeze="backbone", cache=str(tmp_path)).fit(X, y)
         clf.predict_proba(X)
         assert count() == len(X)
-        assert cache_info(str(tmp_path)).entries == len(X)
+        # The featurizer stores each stage's average and maximum, and the features the head reads.
+        assert cache_info(str(tmp_path)).entries == len(X) * (2 * len(backbone) + 1)
         # The head saw exactly the featurizer's rows.
         logits = clf.module_.head.eval()(torch.from_numpy(features))
         expected = torch.softmax(logits, dim=1).detach().numpy()
