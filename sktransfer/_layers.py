@@ -175,6 +175,9 @@ class StagePooling(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.plan = plan
+        # In eval mode like the backbone: an exporter that restores the wrapper's mode
+        # afterwards must not switch the shared backbone's BatchNorm to training.
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = []
