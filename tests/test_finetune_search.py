@@ -17,8 +17,8 @@ from torch import nn
 from sktransfer import PretrainedFeaturizer, _finetune
 from sktransfer._backbones import resolve_spec
 from sktransfer._cache import cache_info
-from sktransfer._layers import stage_widths
 from sktransfer._finetune import FineTuneClassifier
+from sktransfer._layers import stage_widths
 from tests.test_finetune import TINY, colour_images, make_backbone
 
 
