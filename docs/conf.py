@@ -1,8 +1,9 @@
 """Sphinx configuration of the sktransfer documentation.
 
-Build with ``sphinx-build -W -b html docs docs/_build/html`` (about two
-minutes on two CPU cores). The gallery examples run during the build: their
-figures illustrate the user guide, and an example that fails fails the build.
+Build with ``sphinx-build -W -b html docs docs/_build/html``. The gallery
+examples run during the build: their figures illustrate the user guide, and an
+example that fails fails the build. The test suite runs this build once
+(``tests/test_examples.py``) and checks what each example saved and printed.
 Nothing here reaches the network: there is no intersphinx.
 """
 
