@@ -312,6 +312,7 @@ class EpochProgress(Callback):
 
     def on_train_end(self, net, X=None, y=None, **kwargs):
         self.bar_.close()
+        self.bar_ = None  # a fitted net pickles without a terminal handle
 
 
 class FineTuneClassifier(NeuralNetClassifier):
