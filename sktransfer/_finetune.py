@@ -1064,10 +1064,37 @@ class FineTuneClassifier(NeuralNetClassifier):
         views = eval_views(self.spec_.preprocessing, self.tta)
         total = 0
         for view in views:
-            total = total + super().predict_proba(
-                self._dataset(images, None, training=False, view=view)
-            )
+            total = total + self._predict_view(images, view)
         return total / len(views) if len(views) > 1 else total
+
+    def _predict_view(self, images: ImageCollection, view: EvalView) -> np.ndarray:
+        """Probabilities for one view: the trainable part on cached outputs, else the network."""
+        dataset = self._dataset(images, None, training=False, view=view)
+        if isinstance(dataset, ActivationDataset):
+            return super().predict_proba(dataset)
+        nonlinearity = self._get_predict_nonlinearity()
+        network = self.module_.eval()
+        proba, failures = None, []
+        batches = run_batches(
+            lambda batch: nonlinearity(network(images=batch)),
+            images,
+            transform=view,
+            batch_size=self.batch_size,
+            device=self._torch_device(),
+            dtype=self._compute_dtype(),
+            num_workers=self.get_params_for("iterator_valid").get("num_workers", 0),
+            progress="predicting" if self.progress else None,
+        )
+        for indices, rows, bad in batches:
+            failures.extend(bad)
+            if rows is None:
+                continue
+            if proba is None:
+                proba = np.empty((len(images), rows.shape[1]), dtype=np.float32)
+            proba[indices] = rows
+        if failures:
+            raise InvalidImageError(failures)
+        return proba
 
     def predict(self, X):
         """Predicted labels, or a 0/1 matrix for multi-label.

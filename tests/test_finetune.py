@@ -289,6 +289,19 @@ class TestBadImages:
         assert [f.index for f in info.value.failures] == [3, 7]
         assert "3.png" in str(info.value) and "does not exist" in str(info.value)
 
+    @pytest.mark.parametrize("freeze", [0, 1])
+    def test_predict_names_every_bad_image(self, data, tmp_path, freeze):
+        X, y = data
+        clf = make_clf(freeze=freeze, max_epochs=1).fit(X, y)
+        paths = [str(tmp_path / f"{i}.png") for i in range(6)]
+        for path, image in zip(paths, X, strict=False):
+            Image.fromarray(image).save(path)
+        (tmp_path / "1.png").write_bytes(b"not a png")
+        (tmp_path / "4.png").unlink()
+        with pytest.raises(InvalidImageError) as info:
+            clf.predict(paths)
+        assert [f.index for f in info.value.failures] == [1, 4]
+
 
 @pytest.fixture(scope="module")
 def image_paths(data, tmp_path_factory):
