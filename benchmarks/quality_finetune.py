@@ -82,31 +82,21 @@ def main():
         f"{name}: {len(np.unique(labels))} classes, {args.size} px, {args.test} test "
         f"images, {args.seeds} seeds; fine-tuning {args.epochs} epochs at lr={args.lr}\n"
     )
-    header = f"{'method':32}" + "".join(f"{f'n={n}':>16}" for n in args.sizes)
-    print(header + f"{'seconds':>10}")
-    rows = {method: [] for method in methods}
-    seconds = dict.fromkeys(methods, 0.0)
+    print(f"{'method':32}{'n':>6}{'accuracy':>18}{'seconds':>10}", flush=True)
     for n in args.sizes:
-        scores = {method: [] for method in methods}
-        for seed in range(args.seeds):
-            rest, X_test, y_rest, y_test = train_test_split(
-                images, labels, test_size=args.test, stratify=labels, random_state=seed
-            )
-            X, _, y, _ = train_test_split(
-                rest, y_rest, train_size=n, stratify=y_rest, random_state=seed
-            )
-            for method, make in methods.items():
-                start = time.perf_counter()
-                scores[method].append(make(seed).fit(X, y).score(X_test, y_test))
-                seconds[method] += time.perf_counter() - start
-        for method in methods:
-            rows[method].append(f"{np.mean(scores[method]):.3f}+-{np.std(scores[method]):.3f}")
-    for method in methods:
-        print(
-            f"{method:32}"
-            + "".join(f"{cell:>16}" for cell in rows[method])
-            + f"{seconds[method]:10.0f}"
-        )
+        for method, make in methods.items():
+            scores, start = [], time.perf_counter()
+            for seed in range(args.seeds):
+                rest, X_test, y_rest, y_test = train_test_split(
+                    images, labels, test_size=args.test, stratify=labels, random_state=seed
+                )
+                X, _, y, _ = train_test_split(
+                    rest, y_rest, train_size=n, stratify=y_rest, random_state=seed
+                )
+                scores.append(make(seed).fit(X, y).score(X_test, y_test))
+            cell = f"{np.mean(scores):.3f} +- {np.std(scores):.3f}"
+            seconds = time.perf_counter() - start
+            print(f"{method:32}{n:6d}{cell:>18}{seconds:10.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ from ._backbones import (
     GlobalAveragePool,
     Preprocessing,
     load_backbone,
-    module_fingerprint,
     resolve_spec,
 )
 from ._cache import content_hash, feature_key, resolve_store
@@ -395,8 +394,8 @@ class FineTuneClassifier(NeuralNetClassifier):
         directory, a SQLite store shared by processes and later sessions;
         None, nothing stored across fits. Outputs larger than
         ``FROZEN_STORE_MAX_ROW_BYTES`` per image (early stages at full
-        resolution) are not stored; randomly initialised registry backbones
-        are never cached.
+        resolution) are not stored; a randomly initialised registry backbone
+        is cached only when an int ``random_state`` seeds it.
     cache_frozen : bool, default=True
         Run the frozen stages once per image rather than on every batch:
         from the store, else once per ``fit`` (held in memory up to
@@ -645,7 +644,8 @@ class FineTuneClassifier(NeuralNetClassifier):
                 self.class_weight_ = compute_class_weight(
                     self.class_weight, classes=self.classes_inferred_, y=self.classes_inferred_
                 )
-        spec = resolve_spec(self.backbone, self.weights, self.preprocessing)
+        seed = self.random_state if isinstance(self.random_state, Integral) else None
+        spec = resolve_spec(self.backbone, self.weights, self.preprocessing, random_state=seed)
         n_frozen = frozen_stage_count(self.freeze, spec.name, spec.stages)
         backbone = load_backbone(spec)
         head = make_head(self.head, spec.feature_dim, len(self.classes_), self.dropout)
@@ -927,8 +927,8 @@ class FineTuneClassifier(NeuralNetClassifier):
     def _frozen_store(self):
         if self.cache is None:
             return None
-        # Random weights differ at every build, so their outputs must not be reused.
-        if isinstance(self.backbone, str) and self.spec_.weights is None:
+        # Unseeded random weights differ at every build, so their outputs must not be reused.
+        if not self.spec_.deterministic:
             return None
         return resolve_store(self.cache)
 
@@ -939,8 +939,6 @@ class FineTuneClassifier(NeuralNetClassifier):
         featurizer's key for the same backbone and precision, so both share entries.
         """
         key = f"{self.spec_.key}|{precision_name(self._compute_dtype())}"
-        if isinstance(self.backbone, nn.Module):
-            key += f"|{module_fingerprint(self.backbone)}"
         if self.module_.n_frozen < len(self.stages_):
             key += f"|frozen-stages={self.module_.n_frozen}"
         if view.name != "center":
