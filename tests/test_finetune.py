@@ -22,9 +22,9 @@ from skorch.dataset import ValidSplit
 from skorch.exceptions import DeviceWarning
 from torch import nn
 
-from sktransfer import InvalidImageError, Preprocessing, _finetune, get_backbone_spec
+from sktransfer import InvalidImageError, Preprocessing, get_backbone_spec
 from sktransfer._device import resolve_device
-from sktransfer._finetune import FineTuneClassifier
+from sktransfer._finetune import FineTuneClassifier, _frozen
 
 TINY = Preprocessing(input_size=32, resize_size=32)
 COLOURS = ("blue", "green", "red")
@@ -208,7 +208,7 @@ class TestFrozenPrefixCache:
 
     def test_too_large_cache_falls_back_with_a_warning(self, data, monkeypatch):
         X, y = data
-        monkeypatch.setattr(_finetune, "FROZEN_CACHE_LIMIT_BYTES", 100)
+        monkeypatch.setattr(_frozen, "FROZEN_CACHE_LIMIT_BYTES", 100)
         with pytest.warns(UserWarning, match="FROZEN_CACHE_LIMIT_BYTES"):
             assert self.images_seen_in_fit(X, y, max_epochs=2) >= 2 * len(X)
 

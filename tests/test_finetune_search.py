@@ -14,10 +14,10 @@ from sklearn.model_selection import GridSearchCV, GroupKFold
 from skorch.dataset import ValidSplit
 from torch import nn
 
-from sktransfer import PretrainedFeaturizer, _finetune
+from sktransfer import PretrainedFeaturizer
 from sktransfer._backbones import resolve_spec
 from sktransfer._cache import cache_info
-from sktransfer._finetune import FineTuneClassifier
+from sktransfer._finetune import FineTuneClassifier, _frozen
 from sktransfer._layers import stage_widths
 from tests.test_finetune import TINY, colour_images, make_backbone
 
@@ -119,7 +119,7 @@ class TestFrozenOutputsInTheStore:
 
     def test_large_activations_are_not_stored(self, data, count, tmp_path, monkeypatch):
         X, y = data
-        monkeypatch.setattr(_finetune, "FROZEN_STORE_MAX_ROW_BYTES", 16)
+        monkeypatch.setattr(_frozen, "FROZEN_STORE_MAX_ROW_BYTES", 16)
         backbone = counting_backbone()
         make_clf(backbone, freeze=1, cache=str(tmp_path)).fit(X, y)
         assert cache_info(str(tmp_path)).entries == 0

@@ -1,18 +1,9 @@
-"""FineTuneClassifier: a pretrained backbone and a new head, trained with skorch.
-
-Freezing counts the backbone's stages (see :class:`~sktransfer.BackboneSpec`).
-Frozen stages get ``requires_grad=False`` and stay in eval mode, so they
-compute a fixed function of the image: their outputs are computed once and
-kept in the feature store (the featurizer's), shared by every fit, fold,
-parameter setting and ``predict`` that freezes the same stages.
-"""
+"""FineTuneClassifier: a pretrained backbone and a new head, trained with skorch."""
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import warnings
 from fnmatch import fnmatch
 from functools import partial
 from numbers import Integral, Real
@@ -31,254 +22,21 @@ from skorch import NeuralNetClassifier
 from skorch.callbacks import Callback
 from skorch.utils import is_dataset
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ._backbones import (
-    GlobalAveragePool,
-    Preprocessing,
-    load_backbone,
-    resolve_spec,
-)
-from ._cache import content_hash, feature_key, resolve_store
-from ._device import autocast, precision_name, resolve_device, resolve_precision
-from ._images import ImageCollection, InvalidImageError
-from ._inference import run_batches
-from ._transforms import EvalView, eval_views, train_augmentation
-
-#: Largest set of frozen-stage outputs one ``fit`` or ``predict`` holds in
-#: memory; above it the frozen stages run on every batch instead (with a warning).
-FROZEN_CACHE_LIMIT_BYTES = 2 * 1024**3
-
-#: Largest per-image frozen-stage output kept in the feature store. The first
-#: stages of a CNN at full resolution output up to megabytes per image (the
-#: Lite0 stem: 1.6 MB at 224 px), which would crowd out everything else; the
-#: depths a search usually tries (all but the last one or two stages, or the
-#: whole backbone) output 5-300 KB.
-FROZEN_STORE_MAX_ROW_BYTES = 512 * 1024
+from .._backbones import Preprocessing, load_backbone, resolve_spec
+from .._cache import resolve_store
+from .._device import autocast, precision_name, resolve_device, resolve_precision
+from .._images import ImageCollection, InvalidImageError
+from .._inference import run_batches
+from .._transforms import EvalView, eval_views, train_augmentation
+from ._frozen import ActivationDataset, ImageDataset, frozen_outputs, with_transform
+from ._network import FineTuneNetwork, frozen_stage_count, make_head
+from ._targets import encode_targets, learn_targets
 
 #: Parameters the network is built from: changing one rebuilds it, even with warm_start.
 NETWORK_PARAMS = ("backbone", "weights", "preprocessing", "head", "dropout", "freeze")
-
-
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    # channels_last makes convolutions markedly faster on CPU and on tensor cores.
-    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
-
-
-class FineTuneNetwork(nn.Module):
-    """Backbone stages, the backbone's pooling and a new head; the first stages frozen.
-
-    Parameters
-    ----------
-    stages : nn.Sequential
-        The backbone's stages, input to output.
-    head : nn.Module
-        Maps pooled features ``(N, D)`` to logits.
-    n_frozen : int
-        How many leading stages are frozen: their parameters get
-        ``requires_grad=False`` and they stay in eval mode even when the
-        network trains, so BatchNorm keeps its running statistics and
-        dropout stays off.
-    precision : torch.dtype, default=torch.float32
-        Compute dtype of the frozen stages (autocast when not float32).
-    pool : nn.Module, default=None
-        The backbone's pooling (``Backbone.pool``), frozen with the last
-        stage; None: global average pooling.
-    """
-
-    def __init__(
-        self,
-        stages: nn.Sequential,
-        head: nn.Module,
-        n_frozen: int,
-        precision: torch.dtype = torch.float32,
-        pool: nn.Module | None = None,
-    ):
-        super().__init__()
-        self.stages = stages
-        self.pool = pool if pool is not None else GlobalAveragePool()
-        self.head = head
-        self.precision = precision
-        self.set_frozen(n_frozen)
-
-    def set_frozen(self, n_frozen: int) -> None:
-        """Freeze the first ``n_frozen`` stages and let the others train."""
-        self.n_frozen = n_frozen
-        for index, stage in enumerate(self.stages):
-            stage.requires_grad_(index >= n_frozen)
-        self.pool.requires_grad_(n_frozen < len(self.stages))
-        self.train(self.training)
-
-    @property
-    def frozen_stages(self) -> nn.Sequential:
-        return self.stages[: self.n_frozen]
-
-    @property
-    def trainable_stages(self) -> nn.Sequential:
-        return self.stages[self.n_frozen :]
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.frozen_stages.eval()
-        if self.n_frozen == len(self.stages):
-            self.pool.eval()
-        return self
-
-    def forward_frozen(self, images: torch.Tensor) -> torch.Tensor:
-        """Output of the frozen stages (float32); pooled when the whole backbone is frozen."""
-        if self.n_frozen == 0:
-            return images
-        with torch.no_grad(), autocast(images.device, self.precision):
-            x = self.frozen_stages(_channels_last(images))
-            # A fully frozen backbone hands over its (N, D) features.
-            x = self.pool(x) if self.n_frozen == len(self.stages) else x
-        return x.float()
-
-    def forward_trainable(self, activations: torch.Tensor) -> torch.Tensor:
-        """Logits from the output of :meth:`forward_frozen`."""
-        if self.n_frozen == len(self.stages):
-            return self.head(activations)
-        return self.head(self.pool(self.trainable_stages(_channels_last(activations))))
-
-    def forward(self, images=None, activations=None):
-        """Logits from preprocessed ``images``, or from frozen-stage ``activations``."""
-        if activations is None:
-            activations = self.forward_frozen(images)
-        return self.forward_trainable(activations)
-
-
-def make_head(head, in_features: int, n_outputs: int, dropout: float) -> nn.Sequential:
-    """A linear layer, or an MLP with ReLU; dropout on the input of every linear layer."""
-    hidden = () if head == "linear" else tuple(head)
-    layers = []
-    for width in hidden:
-        layers += [nn.Dropout(dropout), nn.Linear(in_features, width), nn.ReLU()]
-        in_features = width
-    layers += [nn.Dropout(dropout), nn.Linear(in_features, n_outputs)]
-    return nn.Sequential(*layers)
-
-
-def frozen_stage_count(freeze, name: str, stages: tuple[str, ...]) -> int:
-    """How many leading stages ``freeze`` freezes; a clear error naming the stages if invalid."""
-    n = len(stages)
-    if freeze == "backbone":
-        return n
-    if isinstance(freeze, Integral) and not isinstance(freeze, bool):
-        if 0 <= freeze <= n:
-            return int(freeze)
-        if -n <= freeze < 0:
-            return n + int(freeze)
-    listed = ", ".join(f"{i}={stage}" for i, stage in enumerate(stages))
-    raise ValueError(
-        f"freeze={freeze!r} is not valid for backbone {name!r}, whose {n} stages are "
-        f"[{listed}]. Use 'backbone' (only the head trains), an int k in 0..{n} "
-        f"(the first k stages frozen, 0 = train everything) or -k in -{n}..-1 "
-        "(all but the last k stages frozen)"
-    )
-
-
-def activation_row(activation: torch.Tensor, pooled: bool) -> np.ndarray:
-    """One image's frozen-stage output as a flat float32 row for the feature store.
-
-    Pooled features are stored as they are, exactly as the featurizer stores
-    them, so both share entries. An unpooled activation is prefixed with its
-    number of dimensions and its shape (small ints are exact in float32).
-    """
-    flat = activation.reshape(-1).numpy()
-    if pooled:
-        return flat
-    header = np.array([activation.ndim, *activation.shape], dtype=np.float32)
-    return np.concatenate([header, flat])
-
-
-def activation_from_row(row: np.ndarray, pooled: bool) -> torch.Tensor:
-    """Inverse of :func:`activation_row`."""
-    if pooled:
-        return torch.from_numpy(np.array(row, dtype=np.float32))
-    ndim = int(row[0])
-    shape = [int(d) for d in row[1 : 1 + ndim]]
-    return torch.from_numpy(np.array(row[1 + ndim :], dtype=np.float32).reshape(shape))
-
-
-class ImageDataset(Dataset):
-    """``({"images": tensor}, target)`` for each image, decoded and transformed on access."""
-
-    def __init__(self, images: ImageCollection, y, transform):
-        self.images = images
-        self.y = y
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int):
-        target = 0 if self.y is None else self.y[index]
-        return {"images": self.transform(self.images.load(index))}, target
-
-    def with_transform(self, transform) -> ImageDataset:
-        return ImageDataset(self.images, self.y, transform)
-
-
-class ActivationDataset(Dataset):
-    """``({"activations": tensor}, target)`` from precomputed frozen-stage outputs."""
-
-    def __init__(self, activations: torch.Tensor, y):
-        self.activations = activations
-        self.y = y
-
-    def __len__(self) -> int:
-        return len(self.activations)
-
-    def __getitem__(self, index: int):
-        target = 0 if self.y is None else self.y[index]
-        return {"activations": self.activations[index]}, target
-
-
-def _with_transform(dataset, transform):
-    """``dataset`` (an ImageDataset or a Subset of one) with another image transform."""
-    if isinstance(dataset, Subset):
-        return Subset(_with_transform(dataset.dataset, transform), dataset.indices)
-    return dataset.with_transform(transform)
-
-
-def _is_missing(value) -> bool:
-    return (
-        value is None
-        or (isinstance(value, float) and math.isnan(value))
-        or type(value).__name__ in ("NAType", "NaTType")
-    )
-
-
-def _check_targets(y) -> np.ndarray:
-    """``y`` as an array, 1-D labels or a 2-D 0/1 matrix; clear errors otherwise."""
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim not in (1, 2) or len(y) == 0:
-        raise ValueError(
-            "y must be a non-empty 1-D array of labels or a 2-D 0/1 matrix (multi-label); "
-            f"got shape {y.shape}"
-        )
-    if y.dtype.kind == "f":
-        missing = np.isnan(y)
-    elif y.dtype.kind == "O":
-        missing = np.array([_is_missing(v) for v in y.ravel()]).reshape(y.shape)
-    else:
-        missing = np.zeros(y.shape, dtype=bool)
-    if missing.any():
-        rows = np.flatnonzero(missing.reshape(len(y), -1).any(axis=1))
-        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
-        raise ValueError(
-            f"y has missing labels (NaN or None) for {len(rows)} sample(s): {shown}; "
-            "drop those samples or label them"
-        )
-    if y.ndim == 2 and not np.isin(y, (0, 1)).all():
-        raise ValueError(
-            "a 2-D y means multi-label and must hold only 0 and 1 (one column per label); "
-            f"got values {np.unique(y)[:10].tolist()}"
-        )
-    return y
 
 
 def _set_scaled_lr(net, param, value):
@@ -736,48 +494,14 @@ class FineTuneClassifier(NeuralNetClassifier):
 
     def _learn_targets(self, y):
         """Set ``classes_``, ``multilabel_`` and ``class_weight_`` from ``y`` (and ``classes``)."""
-        y = _check_targets(y)
-        self.multilabel_ = y.ndim == 2
-        self.class_weight_ = None
-        if self.multilabel_:
-            classes = np.arange(y.shape[1]) if self.classes is None else np.asarray(self.classes)
-            if len(classes) != y.shape[1]:
-                raise ValueError(
-                    f"classes has {len(classes)} names but the multi-label y has "
-                    f"{y.shape[1]} columns"
-                )
-        else:
-            classes = np.unique(y) if self.classes is None else np.asarray(self.classes)
-            if len(classes) < 2:
-                raise ValueError(
-                    f"y has a single class ({classes.tolist()[0]!r}); a classifier needs at least "
-                    "two classes"
-                )
-            if self.class_weight is not None:
-                self.class_weight_ = compute_class_weight(self.class_weight, classes=classes, y=y)
+        classes, self.multilabel_, self.class_weight_ = learn_targets(
+            y, self.classes, self.class_weight
+        )
         self.classes_inferred_ = classes
 
     def _encode_targets(self, y) -> np.ndarray:
         """Class indices (int64), or the 0/1 matrix as float32 for multi-label."""
-        y = _check_targets(y)
-        if self.multilabel_:
-            if y.ndim != 2 or y.shape[1] != len(self.classes_):
-                raise ValueError(
-                    f"expected a 0/1 matrix with {len(self.classes_)} columns, as in the "
-                    f"first fit; got y of shape {y.shape}"
-                )
-            return y.astype(np.float32)
-        if y.ndim != 1:
-            raise ValueError(f"expected 1-D labels, as in the first fit; got shape {y.shape}")
-        index = {label: i for i, label in enumerate(self.classes_.tolist())}
-        encoded = np.array([index.get(label, -1) for label in y.tolist()], dtype=np.int64)
-        unknown = np.flatnonzero(encoded < 0)
-        if len(unknown):
-            raise ValueError(
-                f"y has labels not in classes_ {self.classes_.tolist()}: "
-                f"{np.unique(y[unknown]).tolist()[:10]} (samples {unknown[:10].tolist()})"
-            )
-        return encoded
+        return encode_targets(y, self.classes_, self.multilabel_)
 
     def check_data(self, X, y):
         # Targets are checked and encoded in partial_fit; skorch would re-infer classes here.
@@ -907,7 +631,7 @@ class FineTuneClassifier(NeuralNetClassifier):
                 "ValidSplit(..., stratified=False)"
             ) from exc
         if self.augment:
-            dataset_train = _with_transform(
+            dataset_train = with_transform(
                 dataset_train, train_augmentation(self.spec_.preprocessing)
             )
         return dataset_train, dataset_valid
@@ -946,86 +670,20 @@ class FineTuneClassifier(NeuralNetClassifier):
         return key
 
     def _frozen_outputs(self, images: ImageCollection, view: EvalView) -> torch.Tensor | None:
-        """The frozen stages' output for every image, from the store or computed once.
-
-        None when they would take more than ``FROZEN_CACHE_LIMIT_BYTES``.
-        """
-        network = self.module_
-        pooled = network.n_frozen == len(network.stages)
+        """The frozen stages' output for every image (None if too large to hold)."""
         store = self._frozen_store()
-        keys = [None] * len(images)
-        rows = [None] * len(images)
-        if store is not None:
-            model_key = self._frozen_model_key(view)
-            for index in range(len(images)):
-                content = content_hash(images[index])
-                keys[index] = None if content is None else feature_key(model_key, content)
-            known = [i for i, key in enumerate(keys) if key is not None]
-            for index, row in zip(known, store.get_many([keys[i] for i in known])):
-                rows[index] = row
-        missing = [i for i, row in enumerate(rows) if row is None]
-        outputs = None
-
-        def allocate(shape):
-            size = len(images) * math.prod(shape) * 4
-            if size > FROZEN_CACHE_LIMIT_BYTES:
-                warnings.warn(
-                    f"the frozen stages' outputs would take {size / 2**30:.1f} GiB, more "
-                    f"than FROZEN_CACHE_LIMIT_BYTES; they run on every batch instead "
-                    "(freeze more stages, or set cache_frozen=False)",
-                    UserWarning,
-                    stacklevel=4,
-                )
-                return None
-            return torch.empty((len(images), *shape), dtype=torch.float32)
-
-        failures = []
-        batches = run_batches(
-            network.forward_frozen,
+        return frozen_outputs(
+            self.module_,
             images,
-            missing,
-            transform=view,
+            view,
+            store=store,
+            model_key=self._frozen_model_key(view) if store is not None else "",
             batch_size=self.batch_size,
             device=self._torch_device(),
             dtype=self._compute_dtype(),
             num_workers=self.get_params_for("iterator_valid").get("num_workers", 0),
-            progress="frozen stages" if self.progress else None,
-            as_numpy=False,
+            progress=self.progress,
         )
-        # The pass is deterministic; restoring the RNG keeps training's random draws
-        # (shuffling, dropout) the same whether or not outputs came from the store.
-        with torch.random.fork_rng(devices=[]):
-            for indices, result, bad in batches:
-                failures.extend(bad)
-                if result is None:
-                    continue
-                if outputs is None:
-                    outputs = allocate(result.shape[1:])
-                    if outputs is None:
-                        return None
-                outputs[torch.from_numpy(indices)] = result
-                # Stored batch by batch: an interrupted run keeps every finished batch.
-                saved = [j for j, i in enumerate(indices) if keys[i] is not None]
-                if (
-                    store is not None
-                    and saved
-                    and result[0].numel() * 4 <= FROZEN_STORE_MAX_ROW_BYTES
-                ):
-                    store.put_many(
-                        [keys[indices[j]] for j in saved],
-                        np.stack([activation_row(result[j], pooled) for j in saved]),
-                    )
-        if failures:
-            raise InvalidImageError(failures)
-        for index, row in enumerate(rows):
-            if row is not None:
-                activation = activation_from_row(row, pooled)
-                if outputs is None:
-                    outputs = allocate(activation.shape)
-                    if outputs is None:
-                        return None
-                outputs[index] = activation
-        return outputs
 
     def get_dataset(self, X, y=None):
         """Images as a dataset for prediction (a torch Dataset is used as it is)."""

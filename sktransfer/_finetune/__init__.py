@@ -1,0 +1,22 @@
+"""Fine-tuning a pretrained backbone with a new head, trained with skorch.
+
+``_network``: the stages, the backbone's pooling, the head and freezing;
+``_frozen``: the frozen stages' outputs, computed once per image and kept in
+the feature store; ``_targets``: labels checked and encoded for the loss;
+``_classifier``: :class:`FineTuneClassifier`.
+"""
+
+from ._classifier import NETWORK_PARAMS, EpochProgress, FineTuneClassifier
+from ._frozen import FROZEN_CACHE_LIMIT_BYTES, FROZEN_STORE_MAX_ROW_BYTES
+from ._network import FineTuneNetwork, frozen_stage_count, make_head
+
+__all__ = [
+    "FROZEN_CACHE_LIMIT_BYTES",
+    "FROZEN_STORE_MAX_ROW_BYTES",
+    "NETWORK_PARAMS",
+    "EpochProgress",
+    "FineTuneClassifier",
+    "FineTuneNetwork",
+    "frozen_stage_count",
+    "make_head",
+]

@@ -1,0 +1,203 @@
+"""The frozen stages' outputs for a set of images, computed once and kept in the feature store.
+
+Frozen stages compute a fixed function of the image, so their output for an
+image is stored under the identity of that function (backbone, number of
+frozen stages, precision, test-time view) and the image's content, in the
+store the featurizer uses; every epoch, fold, parameter setting and
+``predict`` that freezes the same stages reuses it. The store holds flat
+float32 rows: pooled features exactly as the featurizer stores them (so
+``freeze="backbone"`` shares its entries), other activations prefixed with
+their shape.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+from .._cache import content_hash, feature_key
+from .._images import ImageCollection, InvalidImageError
+from .._inference import run_batches
+
+#: Largest set of frozen-stage outputs one ``fit`` or ``predict`` holds in
+#: memory; above it the frozen stages run on every batch instead (with a warning).
+FROZEN_CACHE_LIMIT_BYTES = 2 * 1024**3
+
+#: Largest per-image frozen-stage output kept in the feature store. The first
+#: stages of a CNN at full resolution output up to megabytes per image (the
+#: Lite0 stem: 1.6 MB at 224 px), which would crowd out everything else; the
+#: depths a search usually tries (all but the last one or two stages, or the
+#: whole backbone) output 5-300 KB.
+FROZEN_STORE_MAX_ROW_BYTES = 512 * 1024
+
+
+def activation_row(activation: torch.Tensor, pooled: bool) -> np.ndarray:
+    """One image's frozen-stage output as a flat float32 row for the feature store.
+
+    Pooled features are stored as they are, exactly as the featurizer stores
+    them, so both share entries. An unpooled activation is prefixed with its
+    number of dimensions and its shape (small ints are exact in float32).
+    """
+    flat = activation.reshape(-1).numpy()
+    if pooled:
+        return flat
+    header = np.array([activation.ndim, *activation.shape], dtype=np.float32)
+    return np.concatenate([header, flat])
+
+
+def activation_from_row(row: np.ndarray, pooled: bool) -> torch.Tensor:
+    """Inverse of :func:`activation_row`."""
+    if pooled:
+        return torch.from_numpy(np.array(row, dtype=np.float32))
+    ndim = int(row[0])
+    shape = [int(d) for d in row[1 : 1 + ndim]]
+    return torch.from_numpy(np.array(row[1 + ndim :], dtype=np.float32).reshape(shape))
+
+
+class ImageDataset(Dataset):
+    """``({"images": tensor}, target)`` for each image, decoded and transformed on access."""
+
+    def __init__(self, images: ImageCollection, y, transform):
+        self.images = images
+        self.y = y
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        target = 0 if self.y is None else self.y[index]
+        return {"images": self.transform(self.images.load(index))}, target
+
+    def with_transform(self, transform) -> ImageDataset:
+        return ImageDataset(self.images, self.y, transform)
+
+
+class ActivationDataset(Dataset):
+    """``({"activations": tensor}, target)`` from precomputed frozen-stage outputs."""
+
+    def __init__(self, activations: torch.Tensor, y):
+        self.activations = activations
+        self.y = y
+
+    def __len__(self) -> int:
+        return len(self.activations)
+
+    def __getitem__(self, index: int):
+        target = 0 if self.y is None else self.y[index]
+        return {"activations": self.activations[index]}, target
+
+
+def with_transform(dataset, transform):
+    """``dataset`` (an ImageDataset or a Subset of one) with another image transform."""
+    if isinstance(dataset, Subset):
+        return Subset(with_transform(dataset.dataset, transform), dataset.indices)
+    return dataset.with_transform(transform)
+
+
+def frozen_outputs(
+    network,
+    images: ImageCollection,
+    view,
+    *,
+    store,
+    model_key: str,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> torch.Tensor | None:
+    """The frozen stages' output for every image, from ``store`` or computed once.
+
+    Parameters
+    ----------
+    network : FineTuneNetwork
+    images : ImageCollection
+    view : callable
+        The evaluation transform (a test-time view).
+    store : MemoryStore, DiskStore or None
+        Where outputs are looked up and kept; None keeps nothing.
+    model_key : str
+        Identity of the function from an image to its frozen-stage output.
+    batch_size, device, dtype, num_workers, progress
+        How the missing outputs are computed (see ``run_batches``).
+
+    Returns
+    -------
+    outputs : tensor of shape (n_images, ...) or None
+        None when they would take more than ``FROZEN_CACHE_LIMIT_BYTES``.
+    """
+    pooled = network.n_frozen == len(network.stages)
+    keys = [None] * len(images)
+    rows = [None] * len(images)
+    if store is not None:
+        for index in range(len(images)):
+            content = content_hash(images[index])
+            keys[index] = None if content is None else feature_key(model_key, content)
+        known = [i for i, key in enumerate(keys) if key is not None]
+        for index, row in zip(known, store.get_many([keys[i] for i in known])):
+            rows[index] = row
+    missing = [i for i, row in enumerate(rows) if row is None]
+    outputs = None
+
+    def allocate(shape):
+        size = len(images) * math.prod(shape) * 4
+        if size > FROZEN_CACHE_LIMIT_BYTES:
+            warnings.warn(
+                f"the frozen stages' outputs would take {size / 2**30:.1f} GiB, more "
+                f"than FROZEN_CACHE_LIMIT_BYTES; they run on every batch instead "
+                "(freeze more stages, or set cache_frozen=False)",
+                UserWarning,
+                stacklevel=5,
+            )
+            return None
+        return torch.empty((len(images), *shape), dtype=torch.float32)
+
+    failures = []
+    batches = run_batches(
+        network.forward_frozen,
+        images,
+        missing,
+        transform=view,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        num_workers=num_workers,
+        progress="frozen stages" if progress else None,
+        as_numpy=False,
+    )
+    # The pass is deterministic; restoring the RNG keeps training's random draws
+    # (shuffling, dropout) the same whether or not outputs came from the store.
+    with torch.random.fork_rng(devices=[]):
+        for indices, result, bad in batches:
+            failures.extend(bad)
+            if result is None:
+                continue
+            if outputs is None:
+                outputs = allocate(result.shape[1:])
+                if outputs is None:
+                    return None
+            outputs[torch.from_numpy(indices)] = result
+            # Stored batch by batch: an interrupted run keeps every finished batch.
+            saved = [j for j, i in enumerate(indices) if keys[i] is not None]
+            if store is not None and saved and result[0].numel() * 4 <= FROZEN_STORE_MAX_ROW_BYTES:
+                store.put_many(
+                    [keys[indices[j]] for j in saved],
+                    np.stack([activation_row(result[j], pooled) for j in saved]),
+                )
+    if failures:
+        raise InvalidImageError(failures)
+    for index, row in enumerate(rows):
+        if row is not None:
+            activation = activation_from_row(row, pooled)
+            if outputs is None:
+                outputs = allocate(activation.shape)
+                if outputs is None:
+                    return None
+            outputs[index] = activation
+    return outputs
