@@ -519,7 +519,10 @@ class FineTuneClassifier(NeuralNetClassifier):
             seed = int(self.random_state)
         else:
             seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        # Fork CUDA's generators too when this fit may draw from them.
+        cuda = torch.cuda.is_available() and (
+            torch.cuda.is_initialized() or self._torch_device().type == "cuda"
+        )
         with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if cuda else []):
             torch.manual_seed(seed)
             yield
