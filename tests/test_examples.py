@@ -33,6 +33,7 @@ FIGURES = {
     "plot_similar_images.py": ["similar_images.png"],
     "plot_dask.py": ["dask_task_stream.png"],
     "plot_freeze_depth.py": ["freeze_depth.png"],
+    "plot_choose_layers.py": ["choose_layers.png"],
 }
 # What the build needs beyond the test extras: the docs extra (scripts/setup.sh installs both).
 BUILD_NEEDS = ("sphinx", "sphinx_gallery", "numpydoc", "matplotlib", "skimage", "dask.distributed")
@@ -110,6 +111,15 @@ def check_freeze_depth(out):
     assert min(rows["backbone"]) > 0.5
 
 
+def check_choose_layers(out):
+    # Far from ImageNet, the search picks an earlier stage, and it is clearly better.
+    picked = re.search(r"picked layers: (.+)", out).group(1)
+    assert picked != "-1"
+    last = number_after(out, "cross-validated accuracy, last stage:")
+    assert number_after(out, "cross-validated accuracy, picked:") >= last + 0.03
+    assert number_after(out, "held-out accuracy, picked:") >= 0.9
+
+
 CHECKS = {
     "plot_quick_start.py": check_quick_start,
     "plot_learning_curve.py": check_learning_curve,
@@ -118,6 +128,7 @@ CHECKS = {
     "plot_similar_images.py": check_similar_images,
     "plot_dask.py": check_dask,
     "plot_freeze_depth.py": check_freeze_depth,
+    "plot_choose_layers.py": check_choose_layers,
 }
 
 
