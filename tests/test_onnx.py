@@ -169,3 +169,50 @@ def test_a_method_exports_too(small_images, exports):
     modes = [module.training for module in network.modules()]
     onnx_module.export_onnx(network.frozen_prefix, 32, "again")
     assert [module.training for module in network.modules()] == modes
+
+
+@pytest.mark.parametrize("freeze", ["backbone", 1])
+def test_fine_tuner_frozen_pass_runs_on_onnxruntime(small_images, exports, freeze):
+    """Same fit and predictions as the torch engine: the frozen stages are one function."""
+    from sktransfer import FineTuneClassifier
+
+    y = np.array(["a", "b", "c"] * 4)
+
+    def fit(engine):
+        clf = FineTuneClassifier(
+            make_tiny_backbone(),
+            preprocessing=TINY_PREPROCESSING,
+            freeze=freeze,
+            engine=engine,
+            max_epochs=2,
+            batch_size=4,
+            cache=None,
+            random_state=0,
+            progress=False,
+        )
+        return clf.fit(small_images, y)
+
+    torch_clf, onnx_clf = fit("torch"), fit("onnxruntime")
+    assert len(exports) == 1  # prediction reuses the export of fit
+    np.testing.assert_allclose(
+        onnx_clf.predict_proba(small_images), torch_clf.predict_proba(small_images), atol=1e-4
+    )
+    assert len(exports) == 1
+    # Training amplifies float rounding a little; the weights end up all but equal.
+    for name, value in torch_clf.module_.state_dict().items():
+        torch.testing.assert_close(onnx_clf.module_.state_dict()[name], value, atol=1e-3, rtol=0)
+
+
+def test_fine_tuner_reduced_precision_needs_the_torch_engine(small_images):
+    from sktransfer import FineTuneClassifier
+
+    clf = FineTuneClassifier(
+        make_tiny_backbone(),
+        preprocessing=TINY_PREPROCESSING,
+        engine="onnxruntime",
+        precision="bf16",
+        max_epochs=1,
+        progress=False,
+    )
+    with pytest.raises(ValueError, match='precision="bf16" needs engine="torch"'):
+        clf.fit(small_images, np.array(["a", "b"] * 6))

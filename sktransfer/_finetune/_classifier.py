@@ -25,11 +25,12 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .._backbones import Preprocessing, load_backbone, resolve_spec
-from .._cache import resolve_store
+from .._backbones import Preprocessing, load_backbone, module_fingerprint, resolve_spec
+from .._cache import DiskStore, resolve_store
 from .._device import autocast, precision_name, resolve_device, resolve_precision
 from .._images import ImageCollection, InvalidImageError
 from .._inference import run_batches
+from .._onnx import _import_onnxruntime, onnx_engine
 from .._transforms import EvalView, eval_views, train_augmentation
 from ._frozen import ActivationDataset, ImageDataset, frozen_outputs, with_transform
 from ._network import FineTuneNetwork, frozen_stage_count, make_head
@@ -146,6 +147,12 @@ class FineTuneClassifier(NeuralNetClassifier):
         Compute precision of the frozen stages and of prediction, as the
         featurizer's: ``"auto"`` is bf16 (or fp16) autocast on CUDA and fp32
         on CPU. Trainable stages and the head train in float32.
+    engine : {"torch", "onnxruntime"}, default="torch"
+        What computes the frozen stages' outputs when they are computed once
+        (``cache_frozen``, no ``augment``), for ``fit`` and prediction:
+        ``"onnxruntime"`` exports them to ONNX once per process and runs them
+        with ONNX Runtime, as :class:`PretrainedFeaturizer` does (fp32 only;
+        ``pip install "sktransfer[onnx]"``). Training always runs in torch.
     cache : "memory", str, os.PathLike or None, default="memory"
         Feature store for the frozen stages' outputs: ``"memory"``, the
         process-wide LRU (bounded in bytes) that the featurizer uses; a
@@ -259,6 +266,7 @@ class FineTuneClassifier(NeuralNetClassifier):
         "class_weight": [StrOptions({"balanced"}), dict, None],
         "label_smoothing": [Interval(Real, 0, 1, closed="left")],
         "precision": [StrOptions({"auto", "fp32", "bf16", "fp16"})],
+        "engine": [StrOptions({"torch", "onnxruntime"})],
         "cache": [str, os.PathLike, None],
         "cache_frozen": ["boolean"],
         "random_state": ["random_state"],
@@ -281,6 +289,7 @@ class FineTuneClassifier(NeuralNetClassifier):
         class_weight=None,
         label_smoothing=0.0,
         precision="auto",
+        engine="torch",
         cache="memory",
         cache_frozen=True,
         random_state=None,
@@ -311,6 +320,7 @@ class FineTuneClassifier(NeuralNetClassifier):
         self.class_weight = class_weight
         self.label_smoothing = label_smoothing
         self.precision = precision
+        self.engine = engine
         self.cache = cache
         self.cache_frozen = cache_frozen
         self.random_state = random_state
@@ -378,12 +388,21 @@ class FineTuneClassifier(NeuralNetClassifier):
             raise ValueError(
                 f"head must be 'linear' or a tuple of positive ints; got {self.head!r}"
             )
+        if self.engine == "onnxruntime":
+            _import_onnxruntime()
+            if self.precision not in ("auto", "fp32"):
+                raise ValueError(
+                    f'precision="{self.precision}" needs engine="torch"; engine="onnxruntime" '
+                    'computes in fp32 (precision="auto" or "fp32")'
+                )
 
     def _torch_device(self) -> torch.device:
         # device=None (skorch's "leave tensors where they are") computes on the CPU.
         return torch.device("cpu") if self.device is None else torch.device(self.device)
 
     def _compute_dtype(self) -> torch.dtype:
+        if self.engine == "onnxruntime":
+            return torch.float32
         return resolve_precision(self.precision, self._torch_device())
 
     def initialize_module(self):
@@ -686,6 +705,24 @@ class FineTuneClassifier(NeuralNetClassifier):
             dtype=self._compute_dtype(),
             num_workers=self.get_params_for("iterator_valid").get("num_workers", 0),
             progress=self.progress,
+            engine=self._frozen_engine(store),
+        )
+
+    def _frozen_engine(self, store):
+        """The frozen stages on ONNX Runtime, exported once per process; None for torch."""
+        if self.engine == "torch":
+            return None
+        network = self.module_
+        key = self._frozen_model_key(EvalView(self.spec_.preprocessing))
+        if not self.spec_.deterministic:
+            # Unseeded random weights differ at every build: the export is of these tensors.
+            key += f"|{module_fingerprint(network.frozen_stages)}"
+        return onnx_engine(
+            key,
+            lambda: network.forward_frozen,
+            self.spec_.preprocessing.input_size,
+            self._torch_device(),
+            store.directory if isinstance(store, DiskStore) else None,
         )
 
     def get_dataset(self, X, y=None):

@@ -111,6 +111,7 @@ def frozen_outputs(
     dtype: torch.dtype,
     num_workers: int = 0,
     progress: bool = False,
+    engine=None,
 ) -> torch.Tensor | None:
     """The frozen stages' output for every image, from ``store`` or computed once.
 
@@ -126,6 +127,9 @@ def frozen_outputs(
         Identity of the function from an image to its frozen-stage output.
     batch_size, device, dtype, num_workers, progress
         How the missing outputs are computed (see ``run_batches``).
+    engine : Engine, default=None
+        What computes them (an ONNX Runtime engine); None runs
+        ``network.forward_frozen`` in torch.
 
     Returns
     -------
@@ -160,7 +164,7 @@ def frozen_outputs(
 
     failures = []
     batches = run_batches(
-        network.forward_frozen,
+        network.forward_frozen if engine is None else engine,
         images,
         missing,
         transform=view,
