@@ -215,3 +215,29 @@ class TestModuleBackbones:
         assert spec.stages == ("body",) and spec.feature_dim == 5
         backbone = Backbone(*spec.cut(module))
         assert backbone(torch.zeros(2, 3, 10, 10)).shape == (2, 5)
+
+
+class TestNames:
+    def test_a_pattern_filters_like_timms_list_models(self):
+        import timm
+
+        names = list_backbones("convnext_a*")
+        assert names == timm.list_pretrained("convnext_a*")
+        # timm's resnet18 weights carry the prefix that keeps them apart from torchvision's.
+        resnets = list_backbones("resnet18*")
+        assert resnets[0] == "resnet18" and "timm/resnet18.a1_in1k" in resnets
+
+    def test_timm_names_with_a_tag_take_that_tags_preprocessing(self):
+        spec = get_backbone_spec("convnext_atto.d2_in1k", weights=None)
+        assert spec.library == "timm" and spec.architecture == "convnext_atto.d2_in1k"
+        big = get_backbone_spec("convnext_tiny.fb_in22k_ft_in1k_384", weights=None)
+        assert big.preprocessing.input_size == 384 and big.preprocessing.crop_mode == "squash"
+
+    def test_timm_prefix_chooses_timm_over_torchvision(self):
+        assert get_backbone_spec("resnet18", weights=None).library == "torchvision"
+        spec = get_backbone_spec("timm/resnet18", weights=None)
+        assert spec.library == "timm" and spec.stages[1:] == ("layer1", "layer2", "layer3", "layer4")
+
+    def test_unknown_tag_is_a_clear_error(self):
+        with pytest.raises(ValueError, match="unknown backbone 'convnext_atto.nope'"):
+            get_backbone_spec("convnext_atto.nope")
