@@ -51,6 +51,8 @@ def _weights(spec):
         return "random"
     if hasattr(source, "distribution"):
         return f"package ``{source.distribution}``"
+    if hasattr(source, "repo_id"):
+        return f"``{source.repo_id}`` in the Hugging Face cache"
     return f"``{source.filename}`` in the torch hub cache"
 
 
