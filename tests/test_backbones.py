@@ -236,7 +236,12 @@ class TestNames:
     def test_timm_prefix_chooses_timm_over_torchvision(self):
         assert get_backbone_spec("resnet18", weights=None).library == "torchvision"
         spec = get_backbone_spec("timm/resnet18", weights=None)
-        assert spec.library == "timm" and spec.stages[1:] == ("layer1", "layer2", "layer3", "layer4")
+        assert spec.library == "timm" and spec.stages[1:] == (
+            "layer1",
+            "layer2",
+            "layer3",
+            "layer4",
+        )
 
     def test_unknown_tag_is_a_clear_error(self):
         with pytest.raises(ValueError, match="unknown backbone 'convnext_atto.nope'"):
