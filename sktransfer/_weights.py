@@ -119,7 +119,9 @@ class HubWeights:
         directory.mkdir(parents=True, exist_ok=True)
         try:
             torch.hub.download_url_to_file(self.url, str(path), hash_prefix=self.sha256)
-        except Exception as exc:  # urllib and torch hub raise several kinds
+        except RuntimeError as exc:  # torch hub's hash check; the file is not kept
+            raise WeightsIntegrityError(f"download of {self.url} failed its check: {exc}") from exc
+        except Exception as exc:  # urllib raises several kinds
             raise WeightsNotFoundError(
                 f"could not download {self.url} to {path}: {exc}. Copy the file there by "
                 "hand, pass weights='<path to file>', or weights=None"

@@ -137,3 +137,43 @@ def test_offline_switch_names_the_file_and_the_folder(hub, tmp_path):
     assert f"{REPO}/model.safetensors" in report["error"]
     assert str(tmp_path / "hf") in report["error"]
     assert HubFiles.requests == []
+
+
+class TorchHubFiles(http.server.BaseHTTPRequestHandler):
+    files: dict = {}
+
+    def do_GET(self):
+        data = self.files.get(self.path.lstrip("/"))
+        self.send_response(200 if data is not None else 404)
+        self.send_header("Content-Length", str(len(data or b"")))
+        self.end_headers()
+        self.wfile.write(data or b"")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_torch_hub_files_are_downloaded_with_their_hash_checked(tmp_path, monkeypatch):
+    from sktransfer._weights import HubWeights, WeightsIntegrityError, load_state_dict
+
+    source = tmp_path / "w.pth"
+    torch.save({"w": torch.arange(3.0)}, source)
+    data = source.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    TorchHubFiles.files = {f"net-{digest[:8]}.pth": data, "bad-12345678.pth": data}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TorchHubFiles)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("SKTRANSFER_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    try:
+        state = load_state_dict(HubWeights(f"{base}/net-{digest[:8]}.pth"))
+        assert torch.equal(state["w"], torch.arange(3.0))
+        assert (tmp_path / "torch" / "hub" / "checkpoints" / f"net-{digest[:8]}.pth").is_file()
+        # A file whose bytes do not start the hash its name carries is not kept.
+        with pytest.raises(WeightsIntegrityError, match="hash"):
+            load_state_dict(HubWeights(f"{base}/bad-12345678.pth"))
+        assert not (tmp_path / "torch" / "hub" / "checkpoints" / "bad-12345678.pth").exists()
+    finally:
+        server.shutdown()

@@ -111,7 +111,7 @@ def _registry_spec(name: str, weights: str | None) -> BackboneSpec:
 def _check_weights(weights) -> str | None:
     if weights is None or weights == "default":
         return weights
-    if isinstance(weights, str | bytes) or hasattr(weights, "__fspath__"):
+    if isinstance(weights, str) or hasattr(weights, "__fspath__"):
         path = str(weights)
         if path.lower() in ("default", "none", "imagenet", "pretrained", "random"):
             raise ValueError(
