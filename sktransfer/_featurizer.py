@@ -33,7 +33,7 @@ from ._layers import (
     selected_entries,
     stage_widths,
 )
-from ._onnx import _import_onnxruntime, onnx_engine
+from ._onnx import check_engine, onnx_engine
 
 
 @functools.lru_cache(maxsize=4)
@@ -214,13 +214,7 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self : PretrainedFeaturizer
         """
         self._validate_params()
-        if self.engine == "onnxruntime":
-            _import_onnxruntime()
-            if self.precision not in ("auto", "fp32"):
-                raise ValueError(
-                    f'precision="{self.precision}" needs engine="torch"; engine="onnxruntime" '
-                    'computes in fp32 (precision="auto" or "fp32")'
-                )
+        check_engine(self.engine, self.precision)
         ImageCollection(X)
         self.spec_ = resolve_spec(
             self.backbone, self.weights, self.preprocessing, self.random_state

@@ -43,6 +43,18 @@ def _import_onnxruntime():
     return onnxruntime
 
 
+def check_engine(engine: str, precision: str) -> None:
+    """Fail at ``fit``, not mid-``transform``: the extra must be installed, precision fp32."""
+    if engine != "onnxruntime":
+        return
+    _import_onnxruntime()
+    if precision not in ("auto", "fp32"):
+        raise ValueError(
+            f'precision="{precision}" needs engine="torch"; engine="onnxruntime" '
+            'computes in fp32 (precision="auto" or "fp32")'
+        )
+
+
 class _Call(nn.Module):
     """A module calling ``function``, such as a network's method for its frozen prefix."""
 

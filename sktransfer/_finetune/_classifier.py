@@ -30,7 +30,7 @@ from .._cache import DiskStore, resolve_store
 from .._device import autocast, precision_name, resolve_device, resolve_precision
 from .._images import ImageCollection, InvalidImageError
 from .._inference import run_batches
-from .._onnx import _import_onnxruntime, onnx_engine
+from .._onnx import check_engine, onnx_engine
 from .._transforms import EvalView, eval_views, train_augmentation
 from ._frozen import ActivationDataset, ImageDataset, frozen_outputs, with_transform
 from ._network import FineTuneNetwork, frozen_stage_count, make_head
@@ -388,13 +388,7 @@ class FineTuneClassifier(NeuralNetClassifier):
             raise ValueError(
                 f"head must be 'linear' or a tuple of positive ints; got {self.head!r}"
             )
-        if self.engine == "onnxruntime":
-            _import_onnxruntime()
-            if self.precision not in ("auto", "fp32"):
-                raise ValueError(
-                    f'precision="{self.precision}" needs engine="torch"; engine="onnxruntime" '
-                    'computes in fp32 (precision="auto" or "fp32")'
-                )
+        check_engine(self.engine, self.precision)
 
     def _torch_device(self) -> torch.device:
         # device=None (skorch's "leave tensors where they are") computes on the CPU.
