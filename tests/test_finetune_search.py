@@ -10,6 +10,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sklearn.model_selection import GridSearchCV, GroupKFold
 from skorch.dataset import ValidSplit
 from torch import nn
@@ -133,6 +134,33 @@ class TestFrozenOutputsInTheStore:
         make_clf(backbone, freeze=-1, cache=None).fit(X, y)
         make_clf(backbone, freeze=-1, cache=None).fit(X, y)
         assert count() == 2 * len(X)
+
+    def test_a_file_replaced_mid_predict_is_stored_under_what_was_decoded(
+        self, data, tmp_path, monkeypatch
+    ):
+        X, y = data
+        red, blue = X[0], X[-1]
+        clf = make_clf(freeze=-1, cache=None, random_state=0).fit(X, y)
+        truth = clf.predict_proba(np.stack([red, blue]))
+        path = tmp_path / "photo.png"
+        Image.fromarray(red).save(path)
+        real_hash, calls = _frozen.content_hash, []
+
+        def hash_then_replace(item):
+            # The first call is the store lookup; the file changes right after it.
+            calls.append(item)
+            digest = real_hash(item)
+            if len(calls) == 1:
+                Image.fromarray(blue).save(path)
+            return digest
+
+        clf.set_params(cache=str(tmp_path / "store"))
+        monkeypatch.setattr(_frozen, "content_hash", hash_then_replace)
+        np.testing.assert_allclose(clf.predict_proba([path])[0], truth[1], atol=1e-6)
+        monkeypatch.undo()
+        # The red photo back: its outputs are its own, not the blue one's stored under its key.
+        Image.fromarray(red).save(path)
+        np.testing.assert_allclose(clf.predict_proba([path])[0], truth[0], atol=1e-6)
 
     def test_precision_is_part_of_the_key(self, data, count, tmp_path):
         X, y = data

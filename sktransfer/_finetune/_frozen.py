@@ -174,11 +174,12 @@ def frozen_outputs(
         num_workers=num_workers,
         progress="frozen stages" if progress else None,
         as_numpy=False,
+        content_hash=content_hash if store is not None else None,
     )
     # The pass is deterministic; restoring the RNG keeps training's random draws
     # (shuffling, dropout) the same whether or not outputs came from the store.
     with torch.random.fork_rng(devices=[]):
-        for indices, result, bad in batches:
+        for indices, result, bad, *decoded in batches:
             failures.extend(bad)
             if result is None:
                 continue
@@ -187,11 +188,15 @@ def frozen_outputs(
                 if outputs is None:
                     return None
             outputs[torch.from_numpy(indices)] = result
-            # Stored batch by batch: an interrupted run keeps every finished batch.
-            saved = [j for j, i in enumerate(indices) if keys[i] is not None]
-            if store is not None and saved and result[0].numel() * 4 <= FROZEN_STORE_MAX_ROW_BYTES:
+            if store is None or result[0].numel() * 4 > FROZEN_STORE_MAX_ROW_BYTES:
+                continue
+            # Keyed by the content decoded (a file may have changed since the lookup),
+            # and stored batch by batch: an interrupted run keeps every finished batch.
+            contents = decoded[0]
+            saved = [j for j, content in enumerate(contents) if content is not None]
+            if saved:
                 store.put_many(
-                    [keys[indices[j]] for j in saved],
+                    [feature_key(model_key, contents[j]) for j in saved],
                     np.stack([activation_row(result[j], pooled) for j in saved]),
                 )
     if failures:
