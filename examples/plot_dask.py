@@ -142,7 +142,10 @@ def main():
             f"best C {search.best_params_['logisticregression__C']}, "
             f"accuracy {search.best_score_:.3f}"
         )
-        print(f"the workers cached {cache_info(cache).entries} feature vectors for {len(X)} images")
+        # One pass stores each image's final features and every stage's pooled
+        # outputs, so a later search over ``layers`` runs no network either.
+        per_image = cache_info(cache).entries / len(X)
+        print(f"the workers cached {per_image:g} vectors per image for {len(X)} images")
 
         # The same files again, without any cache, so that the workers run the network.
         featurizer = PretrainedFeaturizer(cache=None, progress=False).fit(X)

@@ -109,7 +109,8 @@ print(
     f"cross-validated accuracy {search.best_score_:.3f}"
 )
 print(f"held-out accuracy: {search.score(X_test, y_test):.3f} on {len(y_test)} photos")
-print(f"disk cache: {cache_info(cache).entries} feature vectors")
+# Each photo's final features plus every stage's pooled outputs (for ``layers``).
+print(f"disk cache: {cache_info(cache).entries / len(X):g} vectors per photo, {len(X)} photos")
 
 # A second search, as in a new session: every feature comes from the disk.
 start = time.perf_counter()

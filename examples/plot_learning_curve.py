@@ -41,11 +41,15 @@ def flatten(images):
     return np.asarray(images, dtype=np.float32).reshape(len(images), -1)
 
 
+# engine="onnxruntime" computes the same features as the torch engine about twice as
+# fast on a CPU (the [onnx] extra); each image is computed once and then cached.
 models = {
-    "pretrained features": make_pipeline(PretrainedFeaturizer(), LogisticRegression(max_iter=1000)),
+    "pretrained features": make_pipeline(
+        PretrainedFeaturizer(engine="onnxruntime"), LogisticRegression(max_iter=1000)
+    ),
     "random-weight features": make_pipeline(
         # random_state: the same random network on every run, so its features are cached.
-        PretrainedFeaturizer(weights=None, random_state=0),
+        PretrainedFeaturizer(weights=None, random_state=0, engine="onnxruntime"),
         StandardScaler(),
         LogisticRegression(max_iter=1000),
     ),
