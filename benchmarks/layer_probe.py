@@ -62,11 +62,13 @@ def probe(features, labels) -> float:
     return float(cross_val_score(head, features, labels, cv=cv).mean())
 
 
-def layer_scores(images, labels, cache):
+def layer_scores(images, labels, cache, engine):
     """Accuracy of each stage alone and of concatenations of the best ones."""
     start = time.perf_counter()
     stages = PretrainedFeaturizer(progress=False).fit(images[:1]).spec_.stages
-    featurizer = PretrainedFeaturizer(layers=tuple(range(len(stages))), cache=cache, progress=False)
+    featurizer = PretrainedFeaturizer(
+        layers=tuple(range(len(stages))), cache=cache, engine=engine, progress=False
+    )
     features = featurizer.fit_transform(images)  # one pass: every stage at once
     seconds = time.perf_counter() - start
     blocks, start_column = {}, 0
@@ -87,6 +89,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--cache", default="memory", help="a directory keeps features for reruns")
+    parser.add_argument(
+        "--engine", default="torch", choices=["torch", "onnxruntime"], help="same features"
+    )
     parser.add_argument("--out", default=str(ROOT / "docs" / "images" / "layer_probe.png"))
     args = parser.parse_args()
 
@@ -100,7 +105,7 @@ def main():
 
     results = {}
     for name, (images, labels) in sets.items():
-        stages, alone, together, seconds = layer_scores(images, labels, args.cache)
+        stages, alone, together, seconds = layer_scores(images, labels, args.cache, args.engine)
         results[name] = (stages, alone, together)
         print(f"\n{name}: {len(images)} images, featurized in {seconds:.0f} s")
         print(f"{'layer':<28}{'accuracy':>9}")
