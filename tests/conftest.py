@@ -92,9 +92,3 @@ def shared_tmp():
     directory.chmod(0o755)
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
-
-
-def pytest_collection_modifyitems(items):
-    """Run tests/test_examples.py first: its docs build is by far the longest test, so it starts
-    on one xdist worker at once while the other worker runs the rest beside it."""
-    items.sort(key=lambda item: item.path.name != "test_examples.py")  # stable: order kept
