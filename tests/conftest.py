@@ -15,9 +15,32 @@ from torch import nn
 
 from sktransfer import Preprocessing
 
+from . import _docs_build
+
 skimage_data = pytest.importorskip("skimage.data")
 
 PHOTO_NAMES = ("chelsea", "coffee", "astronaut", "rocket")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def docs_build_in_background(request, tmp_path_factory):
+    """Start the docs build with the session when a selected test needs it.
+
+    The build runs every gallery example and is the longest job of the suite;
+    started first, it runs beside the other tests instead of after them.
+    ``tests/test_examples.py`` waits for it.
+    """
+    needed = any("docs_build" in item.fixturenames for item in request.session.items)
+    process = None
+    if needed and _docs_build.can_build():
+        process = _docs_build.start(_docs_build.build_folder(request.config, tmp_path_factory))
+    yield
+    if process is not None:
+        # The other xdist worker may still be waiting for it: let it finish.
+        try:
+            process.wait(timeout=_docs_build.BUILD_TIMEOUT_S)
+        finally:
+            process.kill()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """The docs build, the gallery examples and the quick-start notebook.
 
 One Sphinx build (``-W``: any warning fails it) runs every gallery example
-once, through sphinx-gallery, in a copy of ``docs/`` and ``examples/``; the
+once, through sphinx-gallery, in a copy of ``docs/`` and ``examples/``
+(started with the session, in the background: see ``_docs_build.py``); the
 tests then check, on that single run, the figures each example saved and the
 numbers it printed, which sphinx-gallery keeps in the page it generates. The
 numbers are the claims the examples' text makes, so each test checks one.
@@ -12,9 +13,6 @@ Marked slow: ``pytest -m "not slow"`` skips the build.
 
 import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,8 @@ import pytest
 from PIL import Image
 
 from sktransfer import get_backbone_spec
+
+from . import _docs_build
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -37,11 +37,6 @@ FIGURES = {
     "plot_freeze_depth.py": ["freeze_depth.png"],
     "plot_choose_layers.py": ["choose_layers.png"],
 }
-# What the build needs beyond the test extras: the docs extra (scripts/setup.sh installs both).
-BUILD_NEEDS = ("sphinx", "sphinx_gallery", "numpydoc", "matplotlib", "skimage", "dask.distributed")
-# The whole build (every example once) took about 4 minutes on 2 quiet CPU cores; half an
-# hour is over 3x that on a slower machine, and a hung example still cannot hang CI.
-BUILD_TIMEOUT_S = 1800
 
 
 # What one pass of the default backbone stores per image: its final features and
@@ -146,33 +141,21 @@ def test_every_example_is_checked():
 
 
 @pytest.fixture(scope="module")
-def docs_build(tmp_path_factory):
-    """Build the docs once, with warnings as errors; the gallery runs every example.
+def docs_build(request, tmp_path_factory):
+    """The docs build, with warnings as errors; the gallery runs every example.
 
-    Returns the copy of the source tree it was built in: the examples ran in
-    ``examples/`` (sphinx-gallery runs each in its own folder), and their
-    pages, with what they printed, are in ``docs/auto_examples/``.
+    It starts with the session (``docs_build_in_background`` in conftest.py);
+    this waits for it. Returns the copy of the source tree it was built in:
+    the examples ran in ``examples/`` (sphinx-gallery runs each in its own
+    folder), and their pages, with what they printed, are in
+    ``docs/auto_examples/``.
     """
-    for module in BUILD_NEEDS:
+    for module in _docs_build.BUILD_NEEDS:
         pytest.importorskip(module)
-    root = tmp_path_factory.mktemp("docs-build")
-    generated = shutil.ignore_patterns("_build", "auto_examples", "generated", "*.png")
-    shutil.copytree(
-        ROOT / "docs",
-        root / "docs",
-        ignore=shutil.ignore_patterns("_build", "auto_examples", "generated"),
-    )
-    shutil.copytree(EXAMPLES, root / "examples", ignore=generated)
-    result = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "-q", "-b", "html", "docs", "html"],
-        cwd=root,
-        env={**os.environ, "MPLBACKEND": "Agg"},
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT_S,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-8000:]
-    return root
+    folder = _docs_build.build_folder(request.config, tmp_path_factory)
+    returncode, log = _docs_build.wait(folder)
+    assert returncode == 0, log[-8000:]
+    return folder
 
 
 def printed_by(page: str) -> str:
