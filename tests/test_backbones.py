@@ -18,7 +18,7 @@ from sktransfer import (
     list_backbones,
     load_backbone,
 )
-from sktransfer._backbones import FEATURE_FORMAT, load_network, module_spec
+from sktransfer._backbones import FEATURE_FORMAT, _pretrained_source, load_network, module_spec
 from sktransfer._weights import FileWeights, PackagedWeights, load_state_dict
 
 from .conftest import make_tiny_backbone
@@ -108,6 +108,13 @@ class TestDefaultBackbone:
         assert names[:3] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
         assert "resnet50" in names and "convnext_tiny" in names and "squeezenet1_0" in names
         assert "efficientnet_lite0" in list_backbones(available_only=True)
+
+    @pytest.mark.parametrize(
+        "name", ["efficientnet_lite0", "resnet18", "timm/resnet18", "convnext_tiny.fb_in22k"]
+    )
+    def test_listing_finds_the_weights_the_spec_loads(self, name):
+        # list_backbones(available_only=True) skips building specs, for speed.
+        assert _pretrained_source(name) == get_backbone_spec(name).weights
 
     def test_unknown_name_is_a_clear_error(self):
         with pytest.raises(ValueError, match="unknown backbone 'resnet51'"):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .._weights import FileWeights, HFWeights, is_local, load_state_dict
-from ._lite import LITE, lite_spec
+from ._lite import LITE, lite_spec, packaged_weights
 from ._module import module_fingerprint, module_spec, module_stages
 from ._spec import (
     FEATURE_FORMAT,
@@ -27,8 +27,8 @@ from ._spec import (
     Preprocessing,
     pool_features,
 )
-from ._timm import import_timm, is_timm_name, timm_spec
-from ._torchvision import torchvision_names, torchvision_spec
+from ._timm import import_timm, is_timm_name, pretrained_source, timm_spec
+from ._torchvision import torchvision_names, torchvision_source, torchvision_spec
 
 __all__ = [
     "FEATURE_FORMAT",
@@ -81,7 +81,22 @@ def list_backbones(pattern: str = "", available_only: bool = False) -> list[str]
             names.append(_TIMM_PREFIX + name if name.partition(".")[0] in taken else name)
     if not available_only:
         return names
-    return [name for name in names if is_local(get_backbone_spec(name).weights)]
+    return [name for name in names if is_local(_pretrained_source(name))]
+
+
+def _pretrained_source(name: str):
+    """Where a listed name's pretrained weights live, without building its spec.
+
+    A spec traces the network's structure (about 0.5 s a model), which listing
+    does not need.
+    """
+    if name in LITE:
+        return packaged_weights(name)
+    if name.startswith(_TIMM_PREFIX):
+        return pretrained_source(name[len(_TIMM_PREFIX) :])
+    if name in torchvision_names():
+        return torchvision_source(name)
+    return pretrained_source(name)
 
 
 @functools.cache

@@ -41,6 +41,11 @@ def default_weights_enum(name: str):
     return torchvision.models.get_model_weights(name).DEFAULT
 
 
+def torchvision_source(name: str) -> HubWeights:
+    """Where torchvision's default pretrained weights for ``name`` live."""
+    return HubWeights(default_weights_enum(name).url)
+
+
 def _builder_overrides(name: str) -> dict:
     """What the builder sets when given weights, for builds without them (random or a file)."""
     weights = default_weights_enum(name)
@@ -233,11 +238,10 @@ def _structure(name: str) -> tuple[tuple[str, ...], int]:
 
 def torchvision_spec(name: str, weights: str | None) -> BackboneSpec:
     """Spec of a torchvision classifier; ``weights`` is "default", None or a path."""
-    enum = default_weights_enum(name)
-    transforms = enum.transforms()
+    transforms = default_weights_enum(name).transforms()
     stages, width = _structure(name)
     if weights == "default":
-        source = HubWeights(enum.url)
+        source = torchvision_source(name)
     else:
         source = None if weights is None else FileWeights(str(weights))
     return BackboneSpec(
