@@ -344,11 +344,12 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         return [feature_key(entry_model_key(model_key, e, stages), content) for e in entries]
 
     def _engine(self, device: torch.device, store, plan: Plan):
+        channels_last = self.spec_.stage_format == "NHWC"
         if self.engine == "torch":
-            return StagePooling(self._model(device), plan)
+            return StagePooling(self._model(device), plan, channels_last)
         return onnx_engine(
             f"{self._model_key(torch.float32)}|{plan.label}",
-            lambda: StagePooling(self._model(torch.device("cpu")), plan),
+            lambda: StagePooling(self._model(torch.device("cpu")), plan, channels_last),
             self.spec_.preprocessing.input_size,
             device,
             store.directory if isinstance(store, DiskStore) else None,

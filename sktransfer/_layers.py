@@ -146,15 +146,17 @@ class Plan:
         return f"depth={self.depth}|own={int(self.own)}|pool={'+'.join(STAGE_POOLINGS)}"
 
 
-def pool_stage(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pool_stage(x: torch.Tensor, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Average and maximum of an activation over space or tokens, as float32 ``(N, C)``.
 
-    ``(N, C, h, w)`` pools over ``h, w``; ``(N, T, D)`` (tokens) over ``T``;
-    anything else is flattened, and both poolings are the flattened vector.
+    ``(N, C, h, w)`` pools over ``h, w`` (``(N, h, w, C)`` when ``channels_last``);
+    ``(N, T, D)`` (tokens) over ``T``; anything else is flattened, and both
+    poolings are the flattened vector.
     """
     x = x.float()
     if x.ndim == 4:
-        return x.mean(dim=(2, 3)), x.amax(dim=(2, 3))
+        space = (1, 2) if channels_last else (2, 3)
+        return x.mean(dim=space), x.amax(dim=space)
     if x.ndim == 3:
         return x.mean(dim=1), x.amax(dim=1)
     flat = x.flatten(1)
@@ -169,12 +171,15 @@ class StagePooling(nn.Module):
     backbone : Backbone
         Its ``stages`` (an ``nn.Sequential``) and ``pool`` (the model's own pooling).
     plan : Plan
+    channels_last : bool, default=False
+        Whether the stages output ``(N, h, w, C)`` (the spec's ``stage_format``).
     """
 
-    def __init__(self, backbone: nn.Module, plan: Plan):
+    def __init__(self, backbone: nn.Module, plan: Plan, channels_last: bool = False):
         super().__init__()
         self.backbone = backbone
         self.plan = plan
+        self.channels_last = channels_last
         # In eval mode like the backbone: an exporter that restores the wrapper's mode
         # afterwards must not switch the shared backbone's BatchNorm to training.
         self.eval()
@@ -183,7 +188,7 @@ class StagePooling(nn.Module):
         parts = []
         for stage in self.backbone.stages[: self.plan.depth + 1]:
             x = stage(x)
-            parts.extend(pool_stage(x))
+            parts.extend(pool_stage(x, self.channels_last))
         if self.plan.own:
             parts.append(self.backbone.pool(x).float().flatten(1))
         return torch.cat(parts, dim=1)
@@ -207,7 +212,8 @@ def stage_widths(spec) -> tuple[int, ...]:
         from ._backbones import load_backbone
 
         outputs = _run_stages(load_backbone(spec).stages, blank)
-    return tuple(pool_stage(output)[0].shape[1] for output in outputs)
+    channels_last = spec.stage_format == "NHWC"
+    return tuple(pool_stage(output, channels_last)[0].shape[1] for output in outputs)
 
 
 def _run_stages(stages: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:

@@ -10,9 +10,10 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.utils._param_validation import InvalidParameterError
 from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
 
 from sktransfer import Preprocessing, PretrainedFeaturizer
-from sktransfer._backbones import load_backbone
+from sktransfer._backbones import load_backbone, load_network, resolve_spec
 from sktransfer._cache import cache_info, clear_cache, feature_key
 from sktransfer._layers import resolve_layers, selected_entries
 
@@ -173,6 +174,50 @@ class TestValues:
         assert vit.layers_ == (("block2", "avg", 64), ("block2", "max", 64))
         expected = torch.cat([block2.mean(dim=1), block2.amax(dim=1)], dim=1).numpy()
         np.testing.assert_allclose(inner, expected, atol=1e-5)
+
+
+class TestChannelsLastStages:
+    """Swin-style stages output (N, h, w, C): pooled over h and w, as the libraries do."""
+
+    @pytest.mark.parametrize("name", ["test_mambaout", "swin_tiny_patch4_window7_224"])
+    def test_timm_stages_equal_timms_own_intermediates(self, name):
+        pytest.importorskip("timm")
+        X = make_images(2)
+        features = PretrainedFeaturizer(name, weights=None, random_state=0, progress=False)
+        n_stages = len(features.fit(X).spec_.stages)
+        after_stem = tuple(range(1, n_stages))
+        pooled = features.set_params(layers=after_stem, pooling="avg").fit_transform(X)
+        model = load_network(features.spec_)
+        batch = torch.stack([features.spec_.preprocessing(image) for image in X])
+        with torch.no_grad():
+            # timm returns every stage channels-first here, the last one normed.
+            stages = model.forward_intermediates(
+                batch, indices=n_stages - 1, norm=True, intermediates_only=True
+            )
+        expected = torch.cat([stage.mean(dim=(2, 3)) for stage in stages], dim=1)
+        assert features.spec_.stage_format == "NHWC"
+        assert features.stage_widths_[1:] == tuple(info["num_chs"] for info in model.feature_info)
+        np.testing.assert_allclose(pooled, expected.numpy(), rtol=1e-4, atol=1e-5)
+
+    def test_torchvision_swin_stages_pool_the_way_its_head_does(self):
+        X = make_images(2)
+        features = PretrainedFeaturizer("swin_t", weights=None, random_state=0, progress=False)
+        stages = features.fit(X).spec_.stages[1:]
+        pooled = features.set_params(layers=stages, pooling="avg").fit_transform(X)
+        model = load_network(features.spec_)
+        nodes = [f"features.{index}" for index in range(1, len(model.features))]
+        extractor = create_feature_extractor(model, return_nodes=nodes)
+        batch = torch.stack([features.spec_.preprocessing(image) for image in X])
+        with torch.no_grad():
+            outputs = extractor(batch)
+            # Swin's own head: permute to channels-first, then average over space.
+            expected = [model.avgpool(model.permute(outputs[node])).flatten(1) for node in nodes]
+        np.testing.assert_allclose(pooled, torch.cat(expected, dim=1).numpy(), atol=1e-5)
+
+    def test_their_cache_keys_are_new(self):
+        # Entries stored when these stages were pooled channels-first must miss.
+        assert "|NHWC|" in resolve_spec("swin_t").key
+        assert "NHWC" not in resolve_spec("resnet18").key
 
 
 class TestParameters:

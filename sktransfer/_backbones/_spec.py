@@ -147,6 +147,9 @@ class BackboneSpec:
     random_state : int or None
         Seed of a random initialisation; None with ``weights=None`` means
         a different network at every build.
+    stage_format : {"NCHW", "NHWC"}
+        Layout of the stages' 4-D outputs: Swin-style models keep channels
+        last, and pooling a stage must know where its channels are.
     """
 
     name: str
@@ -157,6 +160,7 @@ class BackboneSpec:
     library: str = "module"
     architecture: str = ""
     random_state: int | None = None
+    stage_format: str = "NCHW"
     build_network: Callable[[BackboneSpec], nn.Module] = field(
         default=None, repr=False, compare=False
     )
@@ -182,8 +186,11 @@ class BackboneSpec:
             weights = f"random:{self.random_state}"
         else:
             weights = "random"
+        # Channels-last stages were once pooled as channels-first: their entries must not
+        # meet those; every other key stays as it was, so existing caches still serve.
+        layout = "|NHWC" if self.stage_format == "NHWC" else ""
         return (
-            f"v{FEATURE_FORMAT}|{self.library}:{self.architecture}|{self.name}|"
+            f"v{FEATURE_FORMAT}|{self.library}:{self.architecture}{layout}|{self.name}|"
             f"{weights}|{self.preprocessing}"
         )
 

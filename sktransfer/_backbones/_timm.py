@@ -235,6 +235,11 @@ def feature_width(model: nn.Module) -> int:
     return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
+def stage_format(model: nn.Module) -> str:
+    """Layout of a timm model's 4-D stage outputs (Swin, MambaOut: channels last)."""
+    return "NHWC" if getattr(model, "output_fmt", "NCHW") == "NHWC" else "NCHW"
+
+
 def pretrained_source(name: str) -> WeightsSource:
     """Where timm's pretrained weights for ``name`` (``arch`` or ``arch.tag``) live."""
     cfg = import_timm().models.get_pretrained_cfg(name, allow_unregistered=False)
@@ -298,6 +303,7 @@ def timm_spec(name: str, weights: str | None) -> BackboneSpec:
         stages=tuple(stage for stage, _ in layout[0]),
         weights=source,
         library="timm",
+        stage_format=stage_format(model),
         architecture=name,
         build_network=build_timm,
         cut=functools.partial(timm_cut, layout),

@@ -224,7 +224,8 @@ def _feature_width(model: nn.Module) -> int:
 
 
 @functools.cache
-def _structure(name: str) -> tuple[tuple[str, ...], int]:
+def _structure(name: str) -> tuple[tuple[str, ...], int, str]:
+    """Stage names, feature width and stage layout of a torchvision model."""
     import torchvision
 
     try:  # the meta device allocates nothing
@@ -233,13 +234,15 @@ def _structure(name: str) -> tuple[tuple[str, ...], int]:
     except (NotImplementedError, RuntimeError):  # a few initialisers need real data
         model = torchvision.models.get_model(name, weights=None, **_builder_overrides(name))
     stages, _ = torchvision_cut(model)
-    return tuple(stages), _feature_width(model)
+    # Swin's blocks work on (N, H, W, C); its head permutes to channels-first at the end.
+    layout = "NHWC" if type(model).__name__ == "SwinTransformer" else "NCHW"
+    return tuple(stages), _feature_width(model), layout
 
 
 def torchvision_spec(name: str, weights: str | None) -> BackboneSpec:
     """Spec of a torchvision classifier; ``weights`` is "default", None or a path."""
     transforms = default_weights_enum(name).transforms()
-    stages, width = _structure(name)
+    stages, width, layout = _structure(name)
     if weights == "default":
         source = torchvision_source(name)
     else:
@@ -258,6 +261,7 @@ def torchvision_spec(name: str, weights: str | None) -> BackboneSpec:
         weights=source,
         library="torchvision",
         architecture=name,
+        stage_format=layout,
         build_network=build_torchvision,
         cut=torchvision_cut,
     )
