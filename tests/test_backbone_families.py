@@ -5,6 +5,7 @@ small random networks saved to files, the way a user passes their own weights.
 """
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -14,7 +15,11 @@ from torch import nn
 
 from sktransfer import FineTuneClassifier, PretrainedFeaturizer, list_backbones
 from sktransfer._backbones import Backbone, get_backbone_spec
-from sktransfer._backbones._torchvision import _builder_overrides, torchvision_cut
+from sktransfer._backbones._torchvision import (
+    _builder_overrides,
+    build_torchvision,
+    torchvision_cut,
+)
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
@@ -216,3 +221,20 @@ def test_vit_fine_tunes_its_last_two_blocks_and_the_head(photos, tmp_path):
     assert {t for t in trainable if t.startswith("stages.")} == {"stages.block10", "stages.block11"}
     assert not any(t.startswith("pool.") for t in trainable) or "pool" in trainable
     assert any(t.startswith("head") for t in trainable)
+
+
+def test_default_weights_builds_in_threads_each_load_their_own_checkpoint():
+    # The builder fetches its checkpoint by URL; serving ours must not leak between threads
+    # (joblib and dask run featurizers in threads) nor outlive the build.
+    import torchvision.models._api as api
+
+    original = api.load_state_dict_from_url
+    names = ["resnet18", "squeezenet1_0"] * 4
+    states = {name: builder_state(name) for name in set(names)}
+    specs = {name: get_backbone_spec(name) for name in set(names)}
+    with ThreadPoolExecutor(4) as pool:
+        models = list(pool.map(lambda n: build_torchvision(specs[n], states[n]), names))
+    assert api.load_state_dict_from_url is original
+    for name, model in zip(names, models):
+        for key, tensor in model.state_dict().items():
+            torch.testing.assert_close(tensor, states[name][key], msg=f"{name} {key}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import threading
 from collections import OrderedDict
 from unittest import mock
 
@@ -59,17 +60,25 @@ def _builder_overrides(name: str) -> dict:
     return {}
 
 
+_SERVING = threading.Lock()
+
+
 def build_torchvision(spec: BackboneSpec, state: dict | None) -> nn.Module:
     import torchvision
     import torchvision.models._api as api
 
     if isinstance(spec.weights, HubWeights):
-        # The builder fetches its state dict by URL: serve it from our checked loader.
-        def serve(url, *args, **kwargs):
-            return state
+        # The builder fetches its state dict by URL: serve ours (from the checked loader) for
+        # our URL only, one build at a time, as the patch is the whole process's.
+        with _SERVING:
+            fetch = api.load_state_dict_from_url
 
-        with mock.patch.object(api, "load_state_dict_from_url", serve):
-            model = torchvision.models.get_model(spec.name, weights=default_weights_enum(spec.name))
+            def serve(url, *args, **kwargs):
+                return state if url == spec.weights.url else fetch(url, *args, **kwargs)
+
+            with mock.patch.object(api, "load_state_dict_from_url", serve):
+                enum = default_weights_enum(spec.name)
+                model = torchvision.models.get_model(spec.name, weights=enum)
     else:
         model = torchvision.models.get_model(
             spec.name, weights=None, **_builder_overrides(spec.name)
