@@ -33,6 +33,8 @@ DEFAULT_MEMORY_BYTES = 1 << 30
 
 #: File name of the on-disk store inside its directory.
 DATABASE_NAME = "features.sqlite"
+# Where engine="onnxruntime" keeps its exported models, beside the database.
+ENGINES_FOLDER = "onnx"
 
 # Bump when hashing or key layout changes, so older entries can never match.
 _CONTENT_VERSION = b"sktransfer-content-1\0"
@@ -898,9 +900,15 @@ def clear_cache(cache="memory") -> None:
     ----------
     cache : "memory", str, os.PathLike or None, default="memory"
         As in :func:`cache_info`. A disk cache is emptied in one transaction
-        (other processes may keep using it) and its file shrunk; None, or a
-        directory without a cache, is left alone.
+        (other processes may keep using it) and its file shrunk, and the
+        models ``engine="onnxruntime"`` exported there are deleted (processes
+        running one keep their loaded copy); None, or a directory without a
+        cache, is left alone.
     """
     store = _existing(resolve_store(cache))
-    if store is not None:
-        store.clear()
+    if store is None:
+        return
+    store.clear()
+    if isinstance(store, DiskStore):
+        for model in (Path(store.directory) / ENGINES_FOLDER).glob("*.onnx"):
+            model.unlink(missing_ok=True)

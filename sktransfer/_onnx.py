@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._cache import ENGINES_FOLDER
 from ._inference import Engine
 
 _INSTALL_HINT = 'engine="onnxruntime" needs ONNX Runtime: pip install "sktransfer[onnx]"'
@@ -128,7 +129,7 @@ def _stored_key(data: bytes) -> str | None:
 def model_path(directory: os.PathLike, key: str) -> Path:
     """Where the model of ``key`` is kept in a cache directory."""
     name = hashlib.sha256(key.encode()).hexdigest()
-    return Path(directory) / "onnx" / f"{name}.onnx"
+    return Path(directory) / ENGINES_FOLDER / f"{name}.onnx"
 
 
 def _load_or_export(key: str, build: Callable[[], nn.Module], input_size: int, directory):

@@ -8,7 +8,7 @@ import torch
 
 from sktransfer import PretrainedFeaturizer
 from sktransfer import _onnx as onnx_module
-from sktransfer._cache import clear_cache
+from sktransfer._cache import cache_info, clear_cache
 from sktransfer._onnx import model_path
 
 from .conftest import TINY_PREPROCESSING, make_tiny_backbone
@@ -90,6 +90,19 @@ class TestExportOnce:
             features, tiny("torch").fit_transform(small_images[6:]), rtol=1e-4, atol=1e-5
         )
         assert np.isfinite(expected).all()
+
+    def test_clearing_the_cache_deletes_its_models(self, small_images, tmp_path, exports):
+        tiny("onnxruntime", cache=tmp_path).fit_transform(small_images[:2])
+        (key,) = exports
+        clear_cache(tmp_path)
+        assert not model_path(tmp_path, key).exists()
+        assert cache_info(tmp_path).entries == 0
+        onnx_module._sessions.clear()  # a later process exports again, and still computes
+        features = tiny("onnxruntime", cache=tmp_path).fit_transform(small_images[:2])
+        assert len(exports) == 2 and model_path(tmp_path, key).is_file()
+        np.testing.assert_allclose(
+            features, tiny("torch").fit_transform(small_images[:2]), rtol=1e-4, atol=1e-5
+        )
 
     @pytest.mark.parametrize("content", [b"not a model", "another key"])
     def test_a_file_that_is_not_ours_is_replaced(self, small_images, tmp_path, exports, content):
