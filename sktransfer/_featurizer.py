@@ -15,10 +15,12 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._backbones import Backbone, BackboneSpec, Preprocessing, load_backbone, resolve_spec
-from ._cache import DiskStore, content_hash, feature_key, resolve_store
+from ._cache import resolve_store
 from ._device import precision_name, resolve_device, resolve_precision
+from ._disk_store import DiskStore
 from ._images import ImageCollection, InvalidImageError
 from ._inference import run_batches
+from ._keys import content_hash, feature_key
 from ._layers import (
     OWN,
     POOLINGS,

@@ -205,7 +205,7 @@ class ImageCollection:
         index : int
         content_hash : callable, optional
             Maps a sample (an encoded file's ``bytes``, or the in-memory sample
-            itself) to its hash; see :func:`sktransfer._cache.content_hash`.
+            itself) to its hash; see :func:`sktransfer._keys.content_hash`.
 
         Returns
         -------

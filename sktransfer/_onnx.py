@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._cache import ENGINES_FOLDER
+from ._disk_store import ENGINES_FOLDER
 from ._inference import Engine
 
 _INSTALL_HINT = 'engine="onnxruntime" needs ONNX Runtime: pip install "sktransfer[onnx]"'

@@ -22,7 +22,8 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from sktransfer import FineTuneClassifier, InvalidImageError, PretrainedFeaturizer
-from sktransfer._cache import cache_info, clear_cache, content_hash
+from sktransfer._cache import cache_info, clear_cache
+from sktransfer._keys import content_hash
 
 from .conftest import TINY_PREPROCESSING, make_tiny_backbone
 

@@ -21,7 +21,8 @@ from sklearn.pipeline import make_pipeline
 from torch import nn
 
 from sktransfer import Preprocessing, PretrainedFeaturizer
-from sktransfer._cache import CacheWarning, cache_info, clear_cache, resolve_store
+from sktransfer._cache import cache_info, clear_cache, resolve_store
+from sktransfer._disk_store import CacheWarning
 
 from .conftest import unable_to_write
 

@@ -14,7 +14,8 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from sktransfer import Preprocessing, PretrainedFeaturizer
 from sktransfer._backbones import load_backbone, load_network, resolve_spec
-from sktransfer._cache import cache_info, clear_cache, feature_key
+from sktransfer._cache import cache_info, clear_cache
+from sktransfer._keys import feature_key
 from sktransfer._layers import resolve_layers, selected_entries
 
 TINY = Preprocessing(input_size=16, resize_size=16)

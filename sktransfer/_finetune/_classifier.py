@@ -26,8 +26,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .._backbones import Preprocessing, load_backbone, module_fingerprint, resolve_spec
-from .._cache import DiskStore, resolve_store
+from .._cache import resolve_store
 from .._device import autocast, precision_name, resolve_device, resolve_precision
+from .._disk_store import DiskStore
 from .._images import ImageCollection, InvalidImageError
 from .._inference import run_batches
 from .._onnx import check_engine, onnx_engine

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .._cache import content_hash, feature_key
 from .._images import ImageCollection, InvalidImageError
 from .._inference import run_batches
+from .._keys import content_hash, feature_key
 
 #: Largest set of frozen-stage outputs one ``fit`` or ``predict`` holds in
 #: memory; above it the frozen stages run on every batch instead (with a warning).
