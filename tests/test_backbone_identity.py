@@ -68,6 +68,7 @@ class TestWeightsFiles:
         torch.manual_seed(seed)
         torch.save(timm.create_model(TINY_TIMM).state_dict(), path)
 
+    @pytest.mark.slow  # starts other Python processes
     def test_a_file_resaved_in_place_gives_the_new_network(self, images, tmp_path):
         path, cache = tmp_path / "w.pth", tmp_path / "cache"
         self.save_random(path, 0)

@@ -235,6 +235,7 @@ def test_missing_value_gives_a_nan_row():
         featurizer("raise").fit_transform([GOOD, None])
 
 
+@pytest.mark.slow  # starts other Python processes
 def test_lifting_pillows_pixel_limit_before_import_keeps_ours(tmp_path):
     """Users of large scans set PIL.Image.MAX_IMAGE_PIXELS = None, often before any import."""
     good = _save(tmp_path / "good.png", GOOD)

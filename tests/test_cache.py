@@ -415,6 +415,7 @@ def _put_in_child(store):
     assert_bitwise_equal(np.stack(store.get_many(keys)), rows)
 
 
+@pytest.mark.slow  # starts other Python processes
 class TestDiskProcesses:
     def test_two_processes_write_at_once(self, tmp_path):
         go = tmp_path / "go"

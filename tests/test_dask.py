@@ -117,6 +117,7 @@ def grid_search(featurizer, n_jobs, **params):
     )
 
 
+@pytest.mark.slow  # starts other Python processes
 class TestGridSearchOnWorkers:
     """GridSearchCV fits run in the workers; features are computed once per cache."""
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from skorch.callbacks import Callback, Checkpoint
 
 from .test_finetune import colour_images, make_clf
@@ -49,6 +50,7 @@ make_clf(freeze=0, max_epochs=200, callbacks=[checkpoint, Slow()]).fit(X, y)
 """
 
 
+@pytest.mark.slow  # starts other Python processes
 def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):
     process = subprocess.Popen([sys.executable, "-c", TRAIN_UNTIL_KILLED, str(tmp_path)], cwd=ROOT)
     history = tmp_path / "history.json"

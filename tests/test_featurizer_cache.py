@@ -161,6 +161,7 @@ def _run_featurizer_process(cache_dir, out_path, n, delay=0.0, wait=True):
     return json.loads(stdout)["images"]
 
 
+@pytest.mark.slow  # starts other Python processes
 class TestDiskCache:
     def test_a_new_process_with_the_same_cache_does_no_backbone_work(self, tmp_path):
         cache = tmp_path / "cache"

@@ -214,6 +214,7 @@ class TestReproducible:
         clf.fit(X, y)
         torch.testing.assert_close(torch.rand(3), expected)
 
+    @pytest.mark.slow  # starts other Python processes
     def test_search_results_do_not_depend_on_n_jobs(self, data):
         X, y = data
         results = []

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
@@ -32,6 +34,7 @@ print("attempts", len(attempts))
 """
 
 
+@pytest.mark.slow  # starts other Python processes
 def test_default_estimators_never_touch_the_network():
     # Offline switches that libraries honour are unset, so a fetch would really be tried.
     env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}

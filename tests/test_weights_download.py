@@ -111,6 +111,7 @@ def run(tmp_path, endpoint, **env):
     return report
 
 
+@pytest.mark.slow  # starts other Python processes
 def test_missing_weights_are_downloaded_then_used_offline(hub, tmp_path):
     endpoint, model = hub
     first = run(tmp_path, endpoint)
@@ -129,6 +130,7 @@ def test_missing_weights_are_downloaded_then_used_offline(hub, tmp_path):
     np.testing.assert_array_equal(again["features"], first["features"])
 
 
+@pytest.mark.slow  # starts other Python processes
 def test_offline_switch_names_the_file_and_the_folder(hub, tmp_path):
     endpoint, _ = hub
     HubFiles.requests.clear()
