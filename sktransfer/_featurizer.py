@@ -49,6 +49,11 @@ def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(device=device, memory_format=torch.channels_last).eval()
 
 
+def _sample_keys(entry_keys: list[str], content: str | None) -> list[str] | None:
+    """A sample's cache keys, one per entry, or None when its content cannot be read."""
+    return None if content is None else [feature_key(key, content) for key in entry_keys]
+
+
 class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Turn images into feature vectors with a frozen pretrained network.
 
@@ -293,11 +298,12 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         # without one, the pass stops at the deepest stage asked for.
         plan = Plan.complete(stages) if store is not None else Plan.covering(stages, entries)
         model_key = self._model_key(dtype)
+        # Each entry's identity, once; an image's keys join them with its content hash.
+        lookup_keys = [entry_model_key(model_key, entry, stages) for entry in entries]
+        store_keys = [entry_model_key(model_key, entry, stages) for entry in plan.entries]
         keys = [None] * len(images)
         if store is not None:
-            keys = [
-                self._keys(model_key, entries, content_hash(images[i])) for i in range(len(images))
-            ]
+            keys = [_sample_keys(lookup_keys, content_hash(images[i])) for i in range(len(images))]
         missing = fill_from_store(store, keys, features)
         take = columns(plan.entries, entries, widths)
         failures = []
@@ -321,7 +327,7 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             if store is not None:
                 # Keyed by the content decoded, which differs from the lookup's if a file
                 # changed; stored batch by batch, so an interrupted run keeps finished batches.
-                row_keys = [self._keys(model_key, plan.entries, c) for c in contents]
+                row_keys = [_sample_keys(store_keys, content) for content in contents]
                 save_to_store(store, row_keys, rows, plan.entries, widths)
         if failures:
             if self.on_error == "raise":
@@ -337,13 +343,6 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
     def _model_key(self, dtype: torch.dtype) -> str:
         """Identity of the feature function; engines that agree to float rounding share it."""
         return f"{self.spec_.key}|{precision_name(dtype)}"
-
-    def _keys(self, model_key: str, entries, content: str | None) -> list[str] | None:
-        """A sample's cache keys, one per entry, or None when its content cannot be read."""
-        if content is None:
-            return None
-        stages = self.spec_.stages
-        return [feature_key(entry_model_key(model_key, e, stages), content) for e in entries]
 
     def _engine(self, device: torch.device, store, plan: Plan):
         channels_last = self.spec_.stage_format == "NHWC"

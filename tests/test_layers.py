@@ -15,8 +15,9 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from sktransfer import Preprocessing, PretrainedFeaturizer
 from sktransfer._backbones import load_backbone, load_network, resolve_spec
 from sktransfer._cache import cache_info, clear_cache
+from sktransfer._featurizer import _sample_keys
 from sktransfer._keys import feature_key
-from sktransfer._layers import resolve_layers, selected_entries
+from sktransfer._layers import entry_model_key, resolve_layers, selected_entries
 
 TINY = Preprocessing(input_size=16, resize_size=16)
 
@@ -130,7 +131,9 @@ class TestSearchComputesOnce:
         entries = cache_info("memory").entries
         assert entries == len(X) * (2 * len(backbone) + 1)
         model_key = default._model_key(torch.float32)
-        keys = default._keys(model_key, [("conv3", "own"), ("conv3", "avg")], "c")
+        entries = [("conv3", "own"), ("conv3", "avg")]
+        entry_keys = [entry_model_key(model_key, e, default.spec_.stages) for e in entries]
+        keys = _sample_keys(entry_keys, "c")
         assert keys[0] == feature_key(f"{default.spec_.key}|fp32", "c")
         assert keys[1] != keys[0]
 
