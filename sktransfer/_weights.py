@@ -17,7 +17,6 @@ import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -146,18 +145,27 @@ class HFWeights:
         return self.sha256 or sha256_file(self.locate())
 
     def locate(self) -> Path:
-        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub import (
+            _CACHED_NO_EXIST,
+            constants,
+            hf_hub_download,
+            try_to_load_from_cache,
+        )
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
         names = [self.filename] if self.filename else ["model.safetensors", "pytorch_model.bin"]
         missing = None
         for name in names:
+            if offline():
+                # Only the cache is read: no request of any kind leaves the process.
+                cached = try_to_load_from_cache(self.repo_id, name)
+                if isinstance(cached, str):
+                    return Path(cached)
+                if cached is not _CACHED_NO_EXIST:  # known absent: try timm's next name
+                    missing = missing or (name, None)
+                continue
             try:
-                if not offline():
-                    return Path(hf_hub_download(self.repo_id, name))
-                # The hub's own offline mode also stops its side requests, not only downloads.
-                with mock.patch.object(constants, "HF_HUB_OFFLINE", True):
-                    return Path(hf_hub_download(self.repo_id, name, local_files_only=True))
+                return Path(hf_hub_download(self.repo_id, name))
             except LocalEntryNotFoundError as exc:  # not cached, and not downloadable now
                 missing = missing or (name, exc)
             except EntryNotFoundError:  # the repository has no such file: try timm's next name
