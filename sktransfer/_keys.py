@@ -16,11 +16,12 @@ import sys
 
 import numpy as np
 
+from ._images import EXIF_ORIENTATION
+
 # Bump when hashing or key layout changes, so older entries can never match.
 _CONTENT_VERSION = b"sktransfer-content-1\0"
 _KEY_VERSION = "sktransfer-feature-1"
 _FILE_CHUNK_BYTES = 1 << 20
-_EXIF_ORIENTATION = 0x0112
 
 
 class _NoContent(Exception):
@@ -133,7 +134,7 @@ def _hash_pil_image(digest, image) -> None:
         raise _NoContent from None
     palette = image.getpalette(rawmode=None)
     header = (image.mode, image.size, image.info.get("transparency"), palette is not None)
-    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     if orientation != 1:  # decoding turns the image upright; unrotated images keep their keys
         header += (f"orientation={orientation}",)
     digest.update(f"pil\0{header!r}\0".encode())

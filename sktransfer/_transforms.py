@@ -27,6 +27,33 @@ TTA_VIEWS = {
 }
 _FIVE_CROP_ORDER = ("top_left", "top_right", "bottom_left", "bottom_right", "center")
 
+#: ``decode="fast"`` decodes files to a shorter side of at least this many
+#: times the resize size (see :func:`decode_min_side`).
+FAST_DECODE_FACTOR = 2
+
+DECODES = ("fast", "full")
+
+
+def decode_min_side(preprocessing, decode: str = "fast") -> int | None:
+    """The shorter side that files are decoded to for ``preprocessing``.
+
+    Parameters
+    ----------
+    preprocessing : Preprocessing
+    decode : {"fast", "full"}, default="fast"
+        ``"fast"``: :data:`FAST_DECODE_FACTOR` times ``resize_size``, so a
+        JPEG decodes at a DCT scale whose features match the full decode's;
+        ``"full"``: None, a full decode (the exact reference pipeline).
+
+    Returns
+    -------
+    min_side : int or None
+        For :class:`~sktransfer._images.ImageCollection`.
+    """
+    if decode not in DECODES:
+        raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
+    return None if decode == "full" else FAST_DECODE_FACTOR * preprocessing.resize_size
+
 
 def train_augmentation(preprocessing, scale=(0.08, 1.0)):
     """Random resized crop and horizontal flip, then scaling and normalisation.
