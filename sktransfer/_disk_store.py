@@ -46,9 +46,6 @@ CREATE TABLE IF NOT EXISTS features (
 # Connections opened before a fork(); SQLite forbids the child to use or even close them.
 _INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
 
-# Connections opened before a fork(); SQLite forbids the child to use or even close them.
-_INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
-
 
 class CacheWarning(UserWarning):
     """The feature cache could not be used as expected; features are computed anyway."""
