@@ -76,7 +76,10 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         touches the network; others are downloaded to the torch or Hugging
         Face cache when missing, unless ``SKTRANSFER_OFFLINE=1``); ``None``:
         random initialisation (a baseline); a path: a state dict saved from
-        that model. Anything else is an error at ``fit``.
+        that model, loaded at ``fit`` (a missing or extra key is an error
+        there). With a module backbone, "default" is its own tensors, a path
+        is loaded into a copy of it, and None is an error. Anything else is
+        an error at ``fit``.
     random_state : int or None, default=None
         Seed of the random initialisation when ``weights=None``: the same
         seed builds the same network, so its features are cached. None draws
