@@ -178,7 +178,7 @@ def resolve_spec(
     """The spec of an estimator's ``backbone`` parameter (a name or a module), weights pinned.
 
     A weights file is read here, once: the spec names the sha256 of the bytes
-    read, and the file must fit the network (checked without building it).
+    read, and the file must fit the network (loaded into it on the meta device).
     A downloaded timm checkpoint is hashed likewise. A file changed later gives
     a new spec at the next resolution, and is refused by a spec resolved before.
     A module backbone with a weights file is a copy of the module with the
@@ -203,9 +203,9 @@ def resolve_spec(
 def _check_fit(spec: BackboneSpec, state: dict) -> None:
     """Load a checkpoint into the network at fit, so a misfit fails there, naming the keys.
 
-    Built on the meta device, which costs no memory or time; a misfit (or a
-    network that cannot be built there) is built for real, for torch's own
-    error.
+    Built on the meta device, which allocates nothing and initialises nothing;
+    a misfit (or a network that cannot be built there) is built for real, for
+    torch's own error, which names the keys.
     """
     meta_state = {name: tensor.to("meta") for name, tensor in state.items()}
     try:
