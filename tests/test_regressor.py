@@ -12,6 +12,7 @@ import pytest
 import torch
 from sklearn.base import clone, is_regressor
 from sklearn.model_selection import GridSearchCV
+from skorch.dataset import ValidSplit
 from torch import nn
 
 from sktransfer import FineTuneClassifier, FineTuneRegressor, PretrainedFeaturizer
@@ -121,6 +122,16 @@ class TestTargets:
         np.testing.assert_allclose(
             reg.predict(X), expected * reg.y_scale_[0] + reg.y_mean_[0], rtol=1e-5
         )
+
+    def test_warm_up_augmentation_and_a_validation_split(self, data):
+        X, level, _ = data
+        reg = make_reg(
+            freeze=-1, warmup_epochs=2, max_epochs=1, augment=True, train_split=ValidSplit(4)
+        ).fit(X, level)
+        # Two head-only epochs, then one with the last stage; validated on a quarter.
+        assert len(reg.history) == 3
+        assert all(np.isfinite(row["valid_loss"]) for row in reg.history)
+        assert reg.predict(X).shape == (len(X),)
 
 
 class TestBadTargets:
