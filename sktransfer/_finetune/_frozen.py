@@ -7,7 +7,8 @@ store the featurizer uses; every epoch, fold, parameter setting and
 ``predict`` that freezes the same stages reuses it. The store holds flat
 float32 rows: pooled features exactly as the featurizer stores them (so
 ``freeze="backbone"`` shares its entries), other activations prefixed with
-their shape.
+their shape. :class:`FrozenDatasetsMixin` gives a fine-tuner its datasets:
+these outputs when they can be reused, else the images.
 """
 
 from __future__ import annotations
@@ -17,11 +18,18 @@ import warnings
 
 import numpy as np
 import torch
+from skorch.utils import is_dataset
 from torch.utils.data import Dataset, Subset
 
+from .._backbones import module_fingerprint
+from .._cache import resolve_store
+from .._device import precision_name
+from .._disk_store import DiskStore
 from .._images import ImageCollection, InvalidImageError
 from .._inference import run_batches
 from .._keys import content_hash, feature_key
+from .._onnx import onnx_engine
+from .._transforms import EvalView, train_augmentation
 
 #: Largest set of frozen-stage outputs one ``fit`` or ``predict`` holds in
 #: memory; above it the frozen stages run on every batch instead (with a warning).
@@ -210,3 +218,100 @@ def frozen_outputs(
                     return None
             outputs[index] = activation
     return outputs
+
+
+class FrozenDatasetsMixin:
+    """A fine-tuner's datasets: frozen-stage outputs from the store when reusable, else images.
+
+    Mixed into :class:`FineTuneBase`; reads the estimator's ``cache``,
+    ``cache_frozen``, ``augment``, ``engine``, ``train_split``, ``spec_``
+    and ``module_``.
+    """
+
+    def get_split_datasets(self, X, y=None, **fit_params):
+        """Training and validation datasets: frozen-stage outputs when cacheable, else images."""
+        images = X if isinstance(X, ImageCollection) else ImageCollection(X)
+        dataset = self._dataset(images, y, training=True)
+        dataset_train, dataset_valid = self._split(dataset, y, **fit_params)
+        if self.augment:
+            dataset_train = with_transform(
+                dataset_train, train_augmentation(self.spec_.preprocessing)
+            )
+        return dataset_train, dataset_valid
+
+    def _split(self, dataset, y, **fit_params):
+        """``train_split`` applied to the training dataset; everything trains without one."""
+        if not self.train_split:
+            return dataset, None
+        return self.train_split(dataset, y, **fit_params)
+
+    def _dataset(self, images: ImageCollection, y, training: bool, view=None) -> Dataset:
+        """Frozen-stage outputs of ``images`` when they can be reused, else the images."""
+        view = view or EvalView(self.spec_.preprocessing)
+        recomputed = training and self.augment
+        if self.cache_frozen and not recomputed and self.module_.n_frozen > 0:
+            activations = self._frozen_outputs(images, view)
+            if activations is not None:
+                return ActivationDataset(activations, y)
+        return ImageDataset(images, y, view)
+
+    def get_dataset(self, X, y=None):
+        """Images as a dataset for prediction (a torch Dataset is used as it is)."""
+        if is_dataset(X):
+            return X
+        return self._dataset(ImageCollection(X), y, training=False)
+
+    def _frozen_store(self):
+        if self.cache is None:
+            return None
+        # Unseeded random weights differ at every build, so their outputs must not be reused.
+        if not self.spec_.deterministic:
+            return None
+        return resolve_store(self.cache)
+
+    def _frozen_model_key(self, view: EvalView) -> str:
+        """Identity of the function from an image to its frozen-stage output.
+
+        With the whole backbone frozen and the plain view, it is the
+        featurizer's key for the same backbone and precision, so both share entries.
+        """
+        key = f"{self.spec_.key}|{precision_name(self._compute_dtype())}"
+        if self.module_.n_frozen < len(self.stages_):
+            key += f"|frozen-stages={self.module_.n_frozen}"
+        if view.name != "center":
+            key += f"|view={view.name}"
+        return key
+
+    def _frozen_outputs(self, images: ImageCollection, view: EvalView) -> torch.Tensor | None:
+        """The frozen stages' output for every image (None if too large to hold)."""
+        store = self._frozen_store()
+        return frozen_outputs(
+            self.module_,
+            images,
+            view,
+            store=store,
+            model_key=self._frozen_model_key(view) if store is not None else "",
+            batch_size=self.batch_size,
+            device=self._torch_device(),
+            dtype=self._compute_dtype(),
+            num_workers=self.get_params_for("iterator_valid").get("num_workers", 0),
+            progress=self.progress,
+            engine=self._frozen_engine(store),
+        )
+
+    def _frozen_engine(self, store):
+        """The frozen stages on ONNX Runtime, exported once per process; None for torch."""
+        if self.engine == "torch":
+            return None
+        network = self.module_
+        key = self._frozen_model_key(EvalView(self.spec_.preprocessing))
+        if not self.spec_.deterministic:
+            # Unseeded random weights differ at every build: the export is of these tensors.
+            key += f"|{module_fingerprint(network.frozen_stages)}"
+        return onnx_engine(
+            key,
+            lambda: network.forward_frozen,
+            self.spec_.preprocessing.input_size,
+            self._torch_device(),
+            store.directory if isinstance(store, DiskStore) else None,
+        )

@@ -7,6 +7,7 @@ compute a fixed function of the image.
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
 from numbers import Integral
 
 import torch
@@ -131,3 +132,27 @@ def frozen_stage_count(freeze, name: str, stages: tuple[str, ...]) -> int:
         f"(the first k stages frozen, 0 = train everything) or -k in -{n}..-1 "
         "(all but the last k stages frozen)"
     )
+
+
+def param_groups(network: FineTuneNetwork, lr: float, scale: float, extra=()) -> list[dict]:
+    """Optimizer groups of the trainable parameters: the backbone's at ``lr * scale``.
+
+    ``extra`` (skorch's ``optimizer__param_groups``: ``(pattern, options)``
+    pairs) matches first; each backbone group records its ``lr_scale`` so a
+    new ``lr`` keeps it.
+    """
+    patterns = [
+        *extra,
+        ("stages.*", {"lr": lr * scale, "lr_scale": scale}),
+        ("pool.*", {"lr": lr * scale, "lr_scale": scale}),
+    ]
+    remaining = [(n, p) for n, p in network.named_parameters() if p.requires_grad]
+    groups = []
+    for pattern, options in patterns:
+        matched = [p for n, p in remaining if fnmatch(n, pattern)]
+        remaining = [(n, p) for n, p in remaining if not fnmatch(n, pattern)]
+        if matched:
+            groups.append({"params": matched, **options})
+    if remaining:
+        groups.append({"params": [p for _, p in remaining]})
+    return groups

@@ -1,0 +1,393 @@
+"""FineTuneBase: what every fine-tuner shares, whatever its targets.
+
+Parameters and skorch plumbing, building and freezing the network, seeding
+and warm-up, the datasets of frozen-stage outputs, prediction over test-time
+views and persistence. A task (:class:`FineTuneClassifier`,
+:class:`FineTuneRegressor`) adds its targets, its criterion and what
+``predict`` returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import (
+    Interval,
+    Options,
+    StrOptions,
+    validate_parameter_constraints,
+)
+from skorch import NeuralNet
+from skorch.utils import to_numpy
+from torch import nn
+
+from .._backbones import Preprocessing, load_backbone, resolve_spec
+from .._device import autocast, resolve_device, resolve_precision
+from .._images import ImageCollection, InvalidImageError
+from .._inference import run_batches
+from .._onnx import check_engine
+from .._transforms import EvalView, eval_views
+from ._callbacks import EpochProgress
+from ._frozen import ActivationDataset, FrozenDatasetsMixin
+from ._network import FineTuneNetwork, frozen_stage_count, make_head, param_groups
+
+#: Parameters the network is built from: changing one rebuilds it, even with warm_start.
+NETWORK_PARAMS = ("backbone", "weights", "preprocessing", "head", "dropout", "freeze")
+
+
+def _set_scaled_lr(net, param, value):
+    """Virtual ``lr`` setter that keeps each parameter group's ``lr_scale``."""
+    net.lr = value
+    for group in net.optimizer_.param_groups:
+        group["lr"] = value * group.get("lr_scale", 1.0)
+
+
+class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
+    """A pretrained backbone and a new head, trained with skorch; the task-agnostic part.
+
+    Not used directly: a fine-tuner subclasses it and a skorch task class,
+    e.g. ``FineTuneClassifier(FineTuneBase, NeuralNetClassifier)``, and
+    provides ``_learn_targets``, ``_encode_targets``, ``_n_outputs`` and
+    ``initialize_criterion``.
+    """
+
+    _finetune_constraints = {
+        "backbone": [str, nn.Module],
+        "weights": [str, os.PathLike, None],
+        "preprocessing": [Preprocessing, None],
+        "head": [StrOptions({"linear"}), tuple, list],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
+        "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
+        "augment": ["boolean"],
+        "tta": [StrOptions({"flip", "ten_crop"}), Options(bool, {False})],
+        "precision": [StrOptions({"auto", "fp32", "bf16", "fp16"})],
+        "engine": [StrOptions({"torch", "onnxruntime"})],
+        "cache": [str, os.PathLike, None],
+        "cache_frozen": ["boolean"],
+        "random_state": ["random_state"],
+        "progress": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        backbone,
+        *,
+        weights,
+        preprocessing,
+        head,
+        dropout,
+        freeze,
+        warmup_epochs,
+        backbone_lr_scale,
+        augment,
+        tta,
+        precision,
+        engine,
+        cache,
+        cache_frozen,
+        random_state,
+        progress,
+        **kwargs,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.preprocessing = preprocessing
+        self.head = head
+        self.dropout = dropout
+        self.freeze = freeze
+        self.warmup_epochs = warmup_epochs
+        self.backbone_lr_scale = backbone_lr_scale
+        self.augment = augment
+        self.tta = tta
+        self.precision = precision
+        self.engine = engine
+        self.cache = cache
+        self.cache_frozen = cache_frozen
+        self.random_state = random_state
+        self.progress = progress
+        kwargs.setdefault("iterator_train__shuffle", True)
+        super().__init__(FineTuneNetwork, **kwargs)
+
+    def __setattr__(self, name, value):
+        # skorch refuses an nn.Module set outside initialize() as an untracked
+        # component; a module backbone is a parameter, copied when the network is built.
+        if name == "backbone":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    # skorch reads self.device wherever it moves data and needs a concrete device;
+    # "auto" resolves here, while get_params and pickles keep what the user gave.
+    @property
+    def device(self):
+        device = self.__dict__["device"]
+        return resolve_device(device) if device == "auto" else device
+
+    @device.setter
+    def device(self, value):
+        self.__dict__["device"] = value
+
+    def _get_param_names(self):
+        # The module is built from the parameters below, not given by the user.
+        return [name for name in super()._get_param_names() if name != "module"]
+
+    def get_params(self, deep=True, **kwargs):
+        params = super().get_params(deep=deep, **kwargs)
+        params["device"] = self.__dict__["device"]
+        return params
+
+    @property
+    def _default_callbacks(self):
+        return [*super()._default_callbacks, ("progress", EpochProgress())]
+
+    # --- building the network ---
+
+    def _check_finetune_params(self):
+        validate_parameter_constraints(
+            self._finetune_constraints,
+            {name: getattr(self, name) for name in self._finetune_constraints},
+            caller_name=type(self).__name__,
+        )
+        if self.head != "linear" and not all(
+            isinstance(w, Integral) and not isinstance(w, bool) and w > 0 for w in self.head
+        ):
+            raise ValueError(
+                f"head must be 'linear' or a tuple of positive ints; got {self.head!r}"
+            )
+        check_engine(self.engine, self.precision)
+
+    def _torch_device(self) -> torch.device:
+        # device=None (skorch's "leave tensors where they are") computes on the CPU.
+        return torch.device("cpu") if self.device is None else torch.device(self.device)
+
+    def _compute_dtype(self) -> torch.dtype:
+        if self.engine == "onnxruntime":
+            return torch.float32
+        return resolve_precision(self.precision, self._torch_device())
+
+    #: Whether prediction runs the trainable stages and the head under the
+    #: precision's autocast too; else only the frozen stages do (see FineTuneNetwork).
+    _autocast_head = True
+
+    def _predict_dtype(self) -> torch.dtype:
+        return self._compute_dtype() if self._autocast_head else torch.float32
+
+    def initialize_module(self):
+        """Build the network: pretrained backbone, frozen prefix and a new head."""
+        self._check_finetune_params()
+        n_outputs = self._n_outputs()
+        seed = self.random_state if isinstance(self.random_state, Integral) else None
+        spec = resolve_spec(self.backbone, self.weights, self.preprocessing, random_state=seed)
+        n_frozen = frozen_stage_count(self.freeze, spec.name, spec.stages)
+        backbone = load_backbone(spec)
+        head = make_head(self.head, spec.feature_dim, n_outputs, self.dropout)
+        self.module_ = FineTuneNetwork(
+            backbone.stages, head, n_frozen, precision=self._compute_dtype(), pool=backbone.pool
+        ).to(memory_format=torch.channels_last)
+        self.spec_ = spec
+        self.stages_ = spec.stages
+        self.frozen_stages_ = spec.stages[:n_frozen]
+        self._built_from = {name: getattr(self, name) for name in NETWORK_PARAMS}
+        return self
+
+    def _network_params_changed(self) -> bool:
+        """Whether a parameter the network was built from has changed since."""
+        built = getattr(self, "_built_from", None)
+        if built is None:
+            return True
+        for name, before in built.items():
+            now = getattr(self, name)
+            if isinstance(now, nn.Module) or isinstance(before, nn.Module):
+                if now is not before:
+                    return True
+            elif type(now) is not type(before) or now != before:
+                return True
+        return False
+
+    def initialize_optimizer(self, triggered_directly=None):
+        """Optimizer over trainable parameters; backbone stages at ``lr * backbone_lr_scale``.
+
+        ``optimizer__param_groups`` patterns (skorch's) match first.
+        """
+        kwargs = self.get_params_for("optimizer")
+        lr = kwargs.setdefault("lr", self.lr)
+        extra = kwargs.pop("param_groups", [])
+        groups = param_groups(self.module_, lr, self.backbone_lr_scale, extra)
+        self.optimizer_ = self.optimizer(groups, **kwargs)
+        return self
+
+    def _initialize_optimizer(self, reason=None):
+        super()._initialize_optimizer(reason)
+        # skorch's own "lr" setter gives every group the same rate; keep the backbone's scale.
+        self._register_virtual_param("lr", _set_scaled_lr)
+        return self
+
+    def check_data(self, X, y):
+        # Targets are checked and encoded in partial_fit; skorch would re-infer them here.
+        pass
+
+    # --- training ---
+
+    @contextlib.contextmanager
+    def _seeded(self):
+        """Seed torch from ``random_state`` for the block, then restore its global state."""
+        if self.random_state is None:
+            yield
+            return
+        if isinstance(self.random_state, Integral):
+            seed = int(self.random_state)
+        else:
+            seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        # Fork CUDA's generators too when this fit may draw from them.
+        cuda = torch.cuda.is_available() and (
+            torch.cuda.is_initialized() or self._torch_device().type == "cuda"
+        )
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if cuda else []):
+            torch.manual_seed(seed)
+            yield
+
+    def fit(self, X, y, **fit_params):
+        """Build the network and train it.
+
+        Parameters
+        ----------
+        X : collection of images
+            Paths, PIL images, arrays (N, H, W[, C]) or tensors (N, C, H, W).
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            The targets, as the class describes them.
+        **fit_params : dict
+            Passed to ``train_split``, e.g. ``groups`` for a split by group;
+            the network takes no extra inputs.
+
+        Returns
+        -------
+        self : object
+        """
+        with self._seeded():
+            fresh = not self.warm_start or not self.initialized_ or self._network_params_changed()
+            if fresh:
+                self._learn_targets(y)
+                self.initialize()
+            self._warmup_pending = fresh
+            try:
+                self.partial_fit(X, y, **fit_params)
+            finally:
+                self._warmup_pending = False
+        return self
+
+    def partial_fit(self, X, y, classes=None, **fit_params):
+        """Train the current network further (build it first if needed).
+
+        Parameters
+        ----------
+        X : collection of images
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            The targets, as in the first fit.
+        classes : ignored
+            A classifier takes the ``classes`` parameter instead.
+        **fit_params : dict
+            Passed to ``train_split``.
+
+        Returns
+        -------
+        self : object
+        """
+        images = ImageCollection(X)
+        if len(np.asarray(y)) != len(images):
+            raise ValueError(f"X has {len(images)} images but y has {len(np.asarray(y))} targets")
+        if not self.initialized_:
+            self._learn_targets(y)
+        return super().partial_fit(images, self._encode_targets(y), classes, **fit_params)
+
+    def _warmup_epochs_pending(self) -> int:
+        """Head-only epochs the current fit runs before ``max_epochs``."""
+        probe = getattr(self, "_warmup_pending", False) and self.module_.n_frozen < len(
+            self.stages_
+        )
+        return self.warmup_epochs if probe else 0
+
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        """skorch's loop, after ``warmup_epochs`` of training the head alone."""
+        warmup = self._warmup_epochs_pending()
+        self._warmup_pending = False
+        if warmup:
+            n_frozen = self.module_.n_frozen
+            # The optimizer keeps every parameter; frozen ones get no gradient, so no step.
+            self.module_.set_frozen(len(self.stages_))
+            try:
+                super().fit_loop(X, y, epochs=warmup, **fit_params)
+            finally:
+                self.module_.set_frozen(n_frozen)
+        return super().fit_loop(X, y, epochs=epochs, **fit_params)
+
+    def infer(self, x, **fit_params):
+        # fit_params belong to train_split (see fit): the network takes no extra inputs.
+        if torch.is_grad_enabled():
+            return super().infer(x)
+        with autocast(self._torch_device(), self._predict_dtype()):
+            return super().infer(x).float()
+
+    # --- prediction ---
+
+    def _predict_views(self, X, nonlinearity) -> np.ndarray:
+        """``nonlinearity`` of the network's outputs, averaged over the views of ``tta``."""
+        images = ImageCollection(X)
+        views = eval_views(self.spec_.preprocessing, self.tta)
+        total = 0
+        for view in views:
+            total = total + self._predict_view(images, view, nonlinearity)
+        return total / len(views) if len(views) > 1 else total
+
+    def _predict_view(self, images: ImageCollection, view: EvalView, nonlinearity) -> np.ndarray:
+        """Outputs for one view: the trainable part on cached outputs, else the network."""
+        dataset = self._dataset(images, None, training=False, view=view)
+        if isinstance(dataset, ActivationDataset):
+            batches = self.forward_iter(dataset, training=False)
+            return np.concatenate([to_numpy(nonlinearity(batch)) for batch in batches])
+        network = self.module_.eval()
+        outputs, failures = None, []
+        batches = run_batches(
+            lambda batch: nonlinearity(network(images=batch)),
+            images,
+            transform=view,
+            batch_size=self.batch_size,
+            device=self._torch_device(),
+            dtype=self._predict_dtype(),
+            num_workers=self.get_params_for("iterator_valid").get("num_workers", 0),
+            progress="predicting" if self.progress else None,
+        )
+        for indices, rows, bad in batches:
+            failures.extend(bad)
+            if rows is None:
+                continue
+            if outputs is None:
+                outputs = np.empty((len(images), rows.shape[1]), dtype=np.float32)
+            outputs[indices] = rows
+        if failures:
+            raise InvalidImageError(failures)
+        return outputs
+
+    # --- persistence and tags ---
+
+    def __setstate__(self, state):
+        # skorch maps CUDA tensors to the CPU when the saved device is missing here;
+        # it needs a concrete device for that, so "auto" is resolved on this machine.
+        requested = state["device"]
+        if requested == "auto":
+            state["device"] = resolve_device("auto")
+        super().__setstate__(state)
+        if requested == "auto":
+            self.__dict__["device"] = "auto"
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.input_tags.string = True
+        return tags
