@@ -12,6 +12,7 @@ from ._cache import cache_info, clear_cache
 from ._featurizer import PretrainedFeaturizer
 from ._finetune import FineTuneClassifier, FineTuneRegressor
 from ._images import ImageFailure, InvalidImageError
+from ._permissions import UntrustedCacheError
 from ._weights import WeightsIntegrityError, WeightsNotFoundError
 
 __version__ = "0.1.0"
@@ -25,6 +26,7 @@ __all__ = [
     "InvalidImageError",
     "Preprocessing",
     "PretrainedFeaturizer",
+    "UntrustedCacheError",
     "WeightsIntegrityError",
     "WeightsNotFoundError",
     "cache_info",

@@ -128,6 +128,12 @@ def cache_info(cache="memory") -> CacheInfo:
         ``entries`` and ``nbytes``: bytes of the vectors in memory, or of the
         database files on disk. Zero for None or a directory without a cache.
 
+    Raises
+    ------
+    UntrustedCacheError
+        The directory holds a ``features.sqlite`` that sktransfer did not
+        create, or someone other than you (or root) owns it or may write it.
+
     Examples
     --------
     >>> from sktransfer._cache import cache_info, clear_cache
@@ -152,6 +158,11 @@ def clear_cache(cache="memory") -> None:
         models ``engine="onnxruntime"`` exported there are deleted (processes
         running one keep their loaded copy); None, or a directory without a
         cache, is left alone.
+
+    Raises
+    ------
+    UntrustedCacheError
+        As in :func:`cache_info`; nothing is deleted.
     """
     store = _existing(resolve_store(cache))
     if store is None:

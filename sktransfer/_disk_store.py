@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from ._keys import as_arrays, as_rows
+from ._permissions import check_private
+from ._store_schema import UnusableDatabase, ensure_schema, identify, write_transaction
 
 #: File name of the on-disk store inside its directory.
 DATABASE_NAME = "features.sqlite"
 # Where engine="onnxruntime" keeps its exported models, beside the database.
 ENGINES_FOLDER = "onnx"
 
-_SCHEMA_VERSION = 1
 _KEYS_PER_QUERY = 500  # well under SQLite's limit on bound parameters
 _BUSY_TIMEOUT_S = 30.0
 _BUSY_RETRY_DELAYS_S = (0.05, 0.2, 1.0, None)  # None: give up
@@ -35,28 +36,6 @@ _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 _SQLITE_PERM, _SQLITE_READONLY, _SQLITE_CANTOPEN = 3, 8, 14
 _READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 _FEATURE_DTYPE = np.dtype("<f4")
-_CREATE_TABLE = """
-CREATE TABLE IF NOT EXISTS features (
-    key TEXT PRIMARY KEY,
-    dim INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    checksum BLOB NOT NULL
-)
-"""
-# Arrays other than feature vectors. Created by the first put_arrays, so databases made
-# before it keep their schema version and older versions of the library still open them.
-_CREATE_ARRAYS_TABLE = """
-CREATE TABLE IF NOT EXISTS arrays (
-    key TEXT PRIMARY KEY,
-    dtype TEXT NOT NULL,
-    shape TEXT NOT NULL,
-    data BLOB NOT NULL,
-    checksum BLOB NOT NULL
-)
-"""
-
-# Connections opened before a fork(); SQLite forbids the child to use or even close them.
-_INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
 
 # Connections opened before a fork(); SQLite forbids the child to use or even close them.
 _INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
@@ -64,10 +43,6 @@ _INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
 
 class CacheWarning(UserWarning):
     """The feature cache could not be used as expected; features are computed anyway."""
-
-
-class _UnusableDatabase(sqlite3.DatabaseError):
-    """The database file is corrupt or foreign and must be rebuilt."""
 
 
 class DiskStore:
@@ -88,14 +63,25 @@ class DiskStore:
 
     Notes
     -----
-    A database that SQLite finds corrupt (garbage, truncated) or that has
-    another schema version is moved aside to ``features.sqlite.corrupt``
+    The database is marked as ours by its SQLite application id and
+    recognised by it and its tables. Any other SQLite file of that name is
+    never read, changed or deleted: every call raises
+    :class:`UntrustedCacheError`. A store written before the mark existed
+    (our exact tables and version, application id 0) is adopted and marked.
+
+    The directory and the database must belong to the current user (or to
+    root) and be writable by their owner alone (or the owner's private
+    group), or every call raises :class:`UntrustedCacheError`: a store that
+    others can write could serve features they planted.
+
+    A database that SQLite finds corrupt (garbage, truncated), or one of ours
+    with another schema version, is moved aside to ``features.sqlite.corrupt``
     with a :class:`CacheWarning`, and an empty one replaces it. A row whose
     length or checksum is wrong is a miss and is deleted. So the store never
     returns wrong features; at worst it computes them again.
 
     A directory or database this process cannot write (a read-only file
-    system, a shared cache owned by someone else) is opened read-only: the
+    system, a cache that root prepared for everyone) is opened read-only: the
     store serves the features it holds, the rest are computed and not
     stored, and one :class:`CacheWarning` says so. Without a database to
     read, every lookup is a miss.
@@ -260,13 +246,43 @@ class DiskStore:
                 "write", f"could not write to the feature cache {self.path} ({exc}); not cached"
             )
 
+    def model_digest(self, key: str) -> bytes | None:
+        """The sha256 recorded for the exported model of ``key``; None if there is none."""
+
+        def select(db):
+            # A read-only store written before the table existed has none.
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'models'").fetchone():
+                return db.execute("SELECT sha256 FROM models WHERE key = ?", (key,)).fetchone()
+            return None
+
+        try:
+            row = self._run(select)
+        except sqlite3.OperationalError as exc:
+            self._warn_once("read", f"could not read the feature cache {self.path} ({exc})")
+            return None
+        return None if row is None else row[0]
+
+    def record_model(self, key: str, digest: bytes) -> None:
+        """Record ``digest``, the sha256 of the model of ``key`` kept beside the database."""
+
+        def insert(db):
+            if not self._read_only:
+                with write_transaction(db):
+                    db.execute("INSERT OR REPLACE INTO models VALUES (?, ?)", (key, digest))
+
+        try:
+            self._run(insert)
+        except sqlite3.OperationalError as exc:
+            self._warn_once("write", f"could not write to the feature cache {self.path} ({exc})")
+
     def clear(self) -> None:
-        """Delete every vector and array and give the space back to the file system."""
+        """Delete every vector, array and model record; give the space back to the file system."""
 
         def delete_all(db):
-            with _write_transaction(db):
+            with write_transaction(db):
                 db.execute("DELETE FROM features")
-                db.execute("DROP TABLE IF EXISTS arrays")
+                db.execute("DELETE FROM models")
+                db.execute("DELETE FROM arrays")
             db.execute("VACUUM")
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
@@ -301,7 +317,7 @@ class DiskStore:
         with self._lock:
             try:
                 return self._run_retrying_busy(operation, default)
-            except _UnusableDatabase as exc:
+            except UnusableDatabase as exc:
                 self._rebuild(str(exc))
             return self._run_retrying_busy(operation, default)
 
@@ -310,12 +326,12 @@ class DiskStore:
             try:
                 connection = self._connect()
                 return default if connection is None else operation(connection)
-            except _UnusableDatabase:
+            except UnusableDatabase:
                 raise
             except sqlite3.DatabaseError as exc:
                 code = _error_code(exc)
                 if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
-                    raise _UnusableDatabase(f"corrupt: {exc}") from exc
+                    raise UnusableDatabase(f"corrupt: {exc}") from exc
                 if code not in (_SQLITE_BUSY, _SQLITE_LOCKED) or delay is None:
                     raise
             time.sleep(delay)
@@ -330,6 +346,8 @@ class DiskStore:
             self._connection.close()
             self._connection = None
         check_directory(self.directory)
+        check_private(self.directory, "folder")
+        check_private(self.path, "database")
         try:
             self._connection = self._open_for_writing()
         except (OSError, sqlite3.OperationalError) as exc:
@@ -357,10 +375,11 @@ class DiskStore:
         )
         try:
             self._inode = os.stat(self.path).st_ino
+            # First, so that a database of someone else's is refused before anything changes.
+            ensure_schema(connection, self.path)
             connection.execute("PRAGMA journal_mode=WAL")
             # In WAL mode, NORMAL survives a killed process; only power loss may drop commits.
             connection.execute("PRAGMA synchronous=NORMAL")
-            _ensure_schema(connection)
         except BaseException:
             connection.close()
             raise
@@ -389,12 +408,19 @@ class DiskStore:
                 check_same_thread=False,
             )
             try:
-                version = connection.execute("PRAGMA user_version").fetchone()[0]
+                kind = identify(connection, self.path)
+            except UnusableDatabase as exc:
+                connection.close()
+                problem = exc
+                break
             except sqlite3.DatabaseError as exc:
                 connection.close()
                 problem = exc
                 continue
-            if version == _SCHEMA_VERSION:
+            except BaseException:
+                connection.close()
+                raise
+            if kind != "new":
                 self._warn_once(
                     "read-only",
                     f"the feature cache {self.path} is read-only here ({reason}); serving the "
@@ -402,7 +428,7 @@ class DiskStore:
                 )
                 return connection
             connection.close()
-            problem = f"schema version {version}, not {_SCHEMA_VERSION}"
+            problem = "it is empty"
             break
         self._unavailable = True
         self._warn_once(
@@ -463,34 +489,6 @@ def _error_code(exc: sqlite3.DatabaseError) -> int | None:
     return _SQLITE_BUSY if "locked" in message or "busy" in message else None
 
 
-def _ensure_schema(db: sqlite3.Connection) -> None:
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version == _SCHEMA_VERSION:
-        return
-    if version != 0:
-        raise _UnusableDatabase(
-            f"schema version {version}; this sktransfer uses version {_SCHEMA_VERSION}"
-        )
-    with _write_transaction(db):
-        db.execute(_CREATE_TABLE)
-        db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-
-
-@contextlib.contextmanager
-def _write_transaction(db: sqlite3.Connection):
-    # IMMEDIATE takes the write lock up front, so the busy timeout applies to it.
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            # The original error says what went wrong; a failing rollback adds nothing.
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-        raise
-
-
 def _checksum(key: str, dim: int, data: bytes) -> bytes:
     digest = hashlib.sha256(key.encode())
     digest.update(dim.to_bytes(8, "little"))
@@ -527,14 +525,14 @@ def _select(
             else:
                 damaged.append((key, checksum))
     if damaged and delete_damaged:
-        with _write_transaction(db):
+        with write_transaction(db):
             # Match the checksum too, so a good row written meanwhile survives.
             db.executemany("DELETE FROM features WHERE key = ? AND checksum IS ?", damaged)
     return found, len(damaged)
 
 
 def _insert(db: sqlite3.Connection, records: list[tuple]) -> None:
-    with _write_transaction(db):
+    with write_transaction(db):
         db.executemany(
             "INSERT OR REPLACE INTO features (key, dim, data, checksum) VALUES (?, ?, ?, ?)",
             records,
@@ -542,6 +540,7 @@ def _insert(db: sqlite3.Connection, records: list[tuple]) -> None:
 
 
 def _has_arrays_table(db: sqlite3.Connection) -> bool:
+    # A read-only store written before the table existed has none.
     query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'arrays'"
     return db.execute(query).fetchone() is not None
 
@@ -591,14 +590,13 @@ def _select_arrays(
             else:
                 found[record[0]] = array
     if damaged and delete_damaged:
-        with _write_transaction(db):
+        with write_transaction(db):
             db.executemany("DELETE FROM arrays WHERE key = ? AND checksum IS ?", damaged)
     return found, len(damaged)
 
 
 def _insert_arrays(db: sqlite3.Connection, records: list[tuple]) -> None:
-    with _write_transaction(db):
-        db.execute(_CREATE_ARRAYS_TABLE)
+    with write_transaction(db):
         db.executemany(
             "INSERT OR REPLACE INTO arrays (key, dtype, shape, data, checksum) "
             "VALUES (?, ?, ?, ?, ?)",

@@ -76,11 +76,16 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         touches the network; others are downloaded to the torch or Hugging
         Face cache when missing, unless ``SKTRANSFER_OFFLINE=1``); ``None``:
         random initialisation (a baseline); a path: a state dict saved from
-        that model. Anything else is an error at ``fit``.
+        that model, loaded at ``fit`` (a missing or extra key is an error
+        there). With a module backbone, "default" is its own tensors, a path
+        is loaded into a copy of it, and None is an error. Anything else is
+        an error at ``fit``.
     random_state : int or None, default=None
         Seed of the random initialisation when ``weights=None``: the same
-        seed builds the same network, so its features are cached; None
-        builds a new network each time and caches nothing.
+        seed builds the same network, so its features are cached. None draws
+        a seed at each ``fit`` from torch's global generator: a new network
+        per fit, the same one for every ``transform`` after it (in workers
+        too), and nothing cached.
     layers : int, str or tuple, default=-1
         Which stages' outputs become features: an index into
         ``spec_.stages`` (:func:`sktransfer.get_backbone_spec` lists them;
@@ -223,9 +228,11 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self._validate_params()
         check_engine(self.engine, self.precision)
         ImageCollection(X)
-        self.spec_ = resolve_spec(
-            self.backbone, self.weights, self.preprocessing, self.random_state
-        )
+        seed = self.random_state
+        if self.weights is None and seed is None and not isinstance(self.backbone, nn.Module):
+            # A new random network per fit, which the spec names, so transform rebuilds it.
+            seed = int(torch.randint(2**31 - 1, ()))
+        self.spec_ = resolve_spec(self.backbone, self.weights, self.preprocessing, seed)
         stages = self.spec_.stages
         entries = selected_entries(resolve_layers(self.layers, stages), self.pooling, stages)
         # Probed here, once per process and backbone, so transform (maybe in a worker) need not.
@@ -289,8 +296,9 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             if self.engine == "onnxruntime"
             else resolve_precision(self.precision, device)
         )
-        # Unseeded random weights differ at every build, so their features must not be reused.
-        store = resolve_store(self.cache) if self.spec_.deterministic else None
+        # A network drawn at fit is never met again: its features are not worth keeping.
+        drawn = self.weights is None and self.random_state is None
+        store = resolve_store(self.cache) if self.spec_.deterministic and not drawn else None
         stages = self.spec_.stages
         entries = [(stage, pooling) for stage, pooling, _ in self.layers_]
         widths = entry_widths(stages, self.stage_widths_, self.spec_.feature_dim)
@@ -357,6 +365,10 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         )
 
     def _model(self, device: torch.device) -> nn.Module:
+        if self.spec_.library == "module":
+            # Another module may share this one's identity yet differ where the identity
+            # cannot see (a global, an opaque object): its network is never served.
+            return _prepare(load_backbone(self.spec_), device)
         return _shared_backbone(self.spec_, device)
 
     def __sklearn_tags__(self):

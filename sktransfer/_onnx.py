@@ -4,8 +4,8 @@ On CPUs, ONNX Runtime runs EfficientNet-Lite0 two to three times faster than
 PyTorch eager (it fuses BatchNorm and activations into the convolutions and
 picks kernels for the machine), computing the same function to float
 rounding. A model is exported once per process; with a disk cache it is kept
-beside the features, named by the hash of its key, and checked to carry that
-key before it is used.
+beside the features, named by the hash of its key, and used only if its
+sha256 is the one the cache's database recorded when it was exported.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._disk_store import ENGINES_FOLDER
+from ._cache import resolve_store
+from ._disk_store import ENGINES_FOLDER, CacheWarning
 from ._inference import Engine
+from ._permissions import check_private
 
 _INSTALL_HINT = 'engine="onnxruntime" needs ONNX Runtime: pip install "sktransfer[onnx]"'
 _KEY_PROPERTY = "sktransfer_key"
@@ -75,8 +77,11 @@ def export_onnx(model, input_size: int, key: str) -> bytes:
 
     ``model`` is a module, or a function such as a module's bound method; it
     is traced in eval mode, and every module's mode is left as it was.
-    ``key`` is stored in the model's metadata, so a file found on disk can
-    be checked to be the function it is named for.
+    ``key`` is stored in the model's metadata, to say what function it is.
+
+    Raises RuntimeError when the module cannot be exported, or not
+    faithfully: where its ``forward`` branches on tensor values, which a
+    trace would freeze.
     """
     _import_onnxruntime()
     import onnx
@@ -89,10 +94,9 @@ def export_onnx(model, input_size: int, key: str) -> bytes:
     # module's mode: a training network's frozen stages must come back in eval.
     modes = {submodule: submodule.training for submodule in module.modules()}
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # The TorchScript exporter needs no onnxscript; its deprecation notice and
-        # tracer warnings about shape arithmetic (TF "SAME" padding) are not the user's.
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        # The TorchScript exporter needs no onnxscript; its deprecation notice is not the user's.
+        warnings.simplefilter("always")
         try:
             torch.onnx.export(
                 module,
@@ -108,6 +112,10 @@ def export_onnx(model, input_size: int, key: str) -> bytes:
             raise RuntimeError(
                 f'could not export the backbone to ONNX ({exc}); engine="torch" runs it as it is'
             ) from exc
+        else:
+            tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+            if tracer:
+                _check_faithful(module, example, tracer[0])
         finally:
             for submodule, training in modes.items():
                 submodule.training = training
@@ -116,14 +124,26 @@ def export_onnx(model, input_size: int, key: str) -> bytes:
     return proto.SerializeToString()
 
 
-def _stored_key(data: bytes) -> str | None:
-    import onnx
+def _check_faithful(module: nn.Module, example: torch.Tensor, warning) -> None:
+    """Raise unless the trace's Python values come from shapes, which the export fixes anyway.
 
+    The tracer records one path through ``forward``: where a tensor became a
+    Python value (``if x.mean() > 0``, ``float(x.max())``), it warned, and
+    that branch would be frozen for every image. Shapes are fixed by the
+    input size (ViTs and Swin check them so); values are not. ``torch.export``
+    tells them apart: it refuses to decide on a value it cannot know.
+    """
+    module.eval()
     try:
-        model = onnx.load_from_string(data)
-    except Exception:  # a truncated or foreign file: exported again
-        return None
-    return next((p.value for p in model.metadata_props if p.key == _KEY_PROPERTY), None)
+        torch.export.export(module, (example,), strict=False)
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RuntimeError(
+            "this module cannot be exported faithfully to ONNX: its forward turns a tensor "
+            f"into a Python value ({warning.filename}:{warning.lineno}: "
+            f"{str(warning.message).split('.')[0]}), so the export would take one branch for "
+            f"every image ({reason}); use engine='torch', which runs it as it is"
+        ) from exc
 
 
 def model_path(directory: os.PathLike, key: str) -> Path:
@@ -133,21 +153,33 @@ def model_path(directory: os.PathLike, key: str) -> Path:
 
 
 def _load_or_export(key: str, build: Callable[[], nn.Module], input_size: int, directory):
-    path = None if directory is None else model_path(directory, key)
-    if path is not None and path.is_file():
+    if directory is None:
+        return export_onnx(build(), input_size, key)
+    store = resolve_store(directory)
+    recorded = store.model_digest(key)  # first, so the store checks whose folder it is
+    path = model_path(directory, key)
+    check_private(path.parent, "folder")
+    if recorded is not None and path.is_file():
         data = path.read_bytes()
-        if _stored_key(data) == key:
+        if hashlib.sha256(data).digest() == recorded:
             return data
+        warnings.warn(
+            f"the ONNX model {path} is not the one this cache recorded (its sha256 differs); "
+            "exporting it again",
+            CacheWarning,
+            stacklevel=4,
+        )
     data = export_onnx(build(), input_size, key)
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Written whole then renamed: a killed process never leaves half a model.
-            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-                f.write(data)
-            os.replace(f.name, path)
-        except OSError as exc:
-            warnings.warn(f"could not keep the ONNX model in {path} ({exc})", stacklevel=4)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Written whole then renamed: a killed process never leaves half a model.
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+            f.write(data)
+        os.replace(f.name, path)
+    except OSError as exc:
+        warnings.warn(f"could not keep the ONNX model in {path} ({exc})", stacklevel=4)
+    else:
+        store.record_model(key, hashlib.sha256(data).digest())
     return data
 
 

@@ -1,5 +1,7 @@
 """What names a backbone's function in cache keys, and what a user's module is spared."""
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from sktransfer import Preprocessing, PretrainedFeaturizer, WeightsNotFoundError, cache_info
-from sktransfer._backbones import get_backbone_spec, load_network, resolve_spec
+from sktransfer import (
+    Preprocessing,
+    PretrainedFeaturizer,
+    WeightsIntegrityError,
+    WeightsNotFoundError,
+    cache_info,
+)
+from sktransfer._backbones import get_backbone_spec, load_network, module_fingerprint, resolve_spec
 
 timm = pytest.importorskip("timm")
 
@@ -109,6 +117,52 @@ class TestWeightsFiles:
         with pytest.raises(ValueError, match="sha256"):
             featurizer.transform(images)
 
+    def test_a_file_swapped_keeping_size_and_mtime_gives_its_own_features(self, images, tmp_path):
+        save_file = pytest.importorskip("safetensors.torch").save_file
+        path, other = tmp_path / "w.safetensors", tmp_path / "other.safetensors"
+        for seed, file in enumerate((path, other)):
+            torch.manual_seed(seed)
+            save_file(timm.create_model(TINY_TIMM).state_dict(), str(file))
+        assert path.stat().st_size == other.stat().st_size
+        old = featurize(TINY_TIMM, images, weights=str(path), cache="memory")
+        before = path.stat()
+        shutil.copyfile(other, path)  # then as `cp -p`, `rsync -a` or `tar x`: the mtime kept
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert (path.stat().st_size, path.stat().st_mtime_ns) == (
+            before.st_size,
+            before.st_mtime_ns,
+        )
+        new = featurize(TINY_TIMM, images, weights=str(path), cache="memory")
+        truth = featurize(TINY_TIMM, images, weights=str(other), cache=None)
+        np.testing.assert_allclose(new, truth, atol=1e-5)
+        assert not np.allclose(old, new)
+
+    def test_a_checkpoint_with_another_head_is_refused_at_fit_naming_the_keys(
+        self, images, tmp_path
+    ):
+        torch.save(timm.create_model(TINY_TIMM, num_classes=10).state_dict(), tmp_path / "h.pth")
+        with pytest.raises(WeightsIntegrityError, match="(?s)does not fit test_resnet.*fc.weight"):
+            PretrainedFeaturizer(TINY_TIMM, weights=str(tmp_path / "h.pth")).fit(images)
+
+    def test_a_checkpoint_with_an_extra_key_is_refused_at_fit_naming_it(self, images, tmp_path):
+        state = {**timm.create_model(TINY_TIMM).state_dict(), "extra.weight": torch.zeros(1)}
+        torch.save(state, tmp_path / "x.pth")
+        with pytest.raises(WeightsIntegrityError, match="extra.weight"):
+            PretrainedFeaturizer(TINY_TIMM, weights=str(tmp_path / "x.pth")).fit(images)
+
+    def test_a_safetensors_file_with_the_network_names_is_paired_by_name(self, tmp_path):
+        save_file = pytest.importorskip("safetensors.torch").save_file
+        state = load_network(get_backbone_spec("efficientnet_lite0")).state_dict()
+        path = tmp_path / "lite0.safetensors"  # safetensors stores its tensors sorted by name
+        save_file(state, str(path))
+        # What transform builds, after fit resolved the file.
+        loaded = load_network(resolve_spec("efficientnet_lite0", str(path))).state_dict()
+        assert all(torch.equal(loaded[name], tensor) for name, tensor in state.items())
+
+    def test_a_directory_is_named_as_one(self, images, tmp_path):
+        with pytest.raises(WeightsNotFoundError, match="is a directory"):
+            PretrainedFeaturizer(weights=str(tmp_path)).fit(images)
+
     @pytest.mark.parametrize("weights", ["DEFAULT", "imagenet", "none"])
     def test_weights_names_that_are_not_default_are_clear_errors(self, images, weights):
         with pytest.raises(ValueError, match="'default'"):
@@ -134,6 +188,15 @@ class TestRandomWeights:
         before = cache_info("memory").entries
         featurize(TINY_TIMM, images, weights=None)
         assert cache_info("memory").entries == before
+
+    def test_without_a_seed_each_fit_builds_a_new_network(self, images):
+        first = PretrainedFeaturizer(
+            TINY_TIMM, weights=None, preprocessing=SMALL, cache=None, progress=False
+        ).fit(images)
+        a = first.transform(images)
+        b = featurize(TINY_TIMM, images, weights=None, cache=None)
+        assert not np.allclose(a, b)
+        np.testing.assert_array_equal(first.transform(images), a)  # the same one until refit
 
     def test_seeding_does_not_touch_the_global_generator(self):
         torch.manual_seed(5)
@@ -166,3 +229,134 @@ class TestPreprocessingOverride:
         spec = get_backbone_spec("efficientnet_lite0")
         other = resolve_spec("efficientnet_lite0", preprocessing=SMALL)
         assert other.preprocessing == SMALL and other.key != spec.key
+
+
+class Trunk(nn.Module):
+    """Runs its network's first ``upto`` layers: a plain int decides the function."""
+
+    def __init__(self, net, upto):
+        super().__init__()
+        self.net, self.upto = net, upto
+
+    def forward(self, x):
+        for layer in self.net[: self.upto]:
+            x = layer(x)
+        return x
+
+
+class Scaled(nn.Module):
+    """Multiplies by a non-persistent buffer, which ``state_dict`` leaves out."""
+
+    def __init__(self, scale):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.register_buffer("scale", torch.tensor(scale), persistent=False)
+
+    def forward(self, x):
+        return self.conv(x) * self.scale
+
+
+class Gain:
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self):
+        return "Gain()"
+
+
+class Gained(Scaled):
+    def __init__(self, gain):
+        super().__init__(1.0)
+        self.gain = gain
+
+    def forward(self, x):
+        return super().forward(x) * self.gain.value
+
+
+def direct(module, images):
+    """Features computed by hand: the module on SMALL's preprocessing, average-pooled."""
+    batch = torch.stack([SMALL(image) for image in images])
+    with torch.inference_mode():
+        return module.eval()(batch).mean(dim=(2, 3)).numpy()
+
+
+class TestModuleIdentity:
+    def test_a_plain_attribute_that_changes_the_function_changes_the_features(self, images):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3))
+        for cache in (None, "memory"):
+            two, three = Trunk(net, 2), Trunk(net, 3)
+            got = featurize(two, images, cache=cache)
+            np.testing.assert_allclose(got, direct(two, images), rtol=1e-5, atol=1e-6)
+            # Six features, not the four probed for the first module.
+            got = featurize(three, images, cache=cache)
+            np.testing.assert_allclose(got, direct(three, images), rtol=1e-5, atol=1e-6)
+
+    def test_a_non_persistent_buffer_is_part_of_the_identity(self, images):
+        one, two = Scaled(1.0), Scaled(2.0)
+        assert resolve_spec(one).key != resolve_spec(two).key
+        for cache in (None, "memory"):
+            featurize(one, images, cache=cache)
+            got = featurize(two, images, cache=cache)
+            np.testing.assert_allclose(got, direct(two, images), rtol=1e-5, atol=1e-6)
+
+    def test_a_built_network_is_never_served_to_another_module(self, images):
+        # An object the identity cannot read (slots, a constant repr): equal identities.
+        one, two = Gained(Gain(1.0)), Gained(Gain(-1.0))
+        assert resolve_spec(one).key == resolve_spec(two).key
+        featurize(one, images, cache=None)
+        got = featurize(two, images, cache=None)
+        np.testing.assert_allclose(got, direct(two, images), rtol=1e-5, atol=1e-6)
+
+    def test_the_class_source_is_part_of_the_identity(self):
+        namespace = {}
+        for body in ("x * 2", "x * 3"):
+            source = f"class Op(nn.Module):\n    def forward(self, x):\n        return {body}\n"
+            exec(source, {"nn": nn}, namespace)  # the same qualified name, another forward
+            namespace[body] = module_fingerprint(nn.Sequential(namespace["Op"]()))
+        assert namespace["x * 2"] != namespace["x * 3"]
+
+
+class TestModuleWeights:
+    def test_a_weights_file_is_loaded_into_a_copy_of_the_module(self, images, tmp_path):
+        module, other = Scaled(1.0), Scaled(1.0)
+        with torch.no_grad():
+            other.conv.weight.mul_(-1)
+        torch.save(other.state_dict(), tmp_path / "other.pth")
+        got = featurize(module, images, weights=str(tmp_path / "other.pth"), cache="memory")
+        np.testing.assert_allclose(got, direct(other, images), rtol=1e-5, atol=1e-6)
+        assert not torch.equal(module.conv.weight, other.conv.weight)  # the module is spared
+
+    def test_a_file_that_does_not_fit_the_module_names_its_keys_at_fit(self, images, tmp_path):
+        torch.save({"conv.weight": torch.zeros(4, 3, 3, 3)}, tmp_path / "part.pth")
+        with pytest.raises(WeightsIntegrityError, match="conv.bias"):
+            PretrainedFeaturizer(Scaled(1.0), weights=str(tmp_path / "part.pth")).fit(images)
+
+    @pytest.mark.parametrize("weights", [None, "missing.pth"])
+    def test_no_weights_or_a_missing_file_is_refused_at_fit(self, images, weights):
+        with pytest.raises((ValueError, WeightsNotFoundError), match="weights"):
+            PretrainedFeaturizer(Scaled(1.0), weights=weights).fit(images)
+
+
+class TestModuleContract:
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x, x
+
+    @pytest.mark.parametrize(
+        "module, match",
+        [
+            (Pair(), "returned a tuple"),
+            (nn.Conv2d(3, 4, 3).double(), "torch.float64"),
+            (nn.Linear(3, 4), "failed on a blank"),
+        ],
+        ids=["tuple", "double", "shape"],
+    )
+    def test_a_module_outside_the_contract_is_told_what_a_backbone_returns(
+        self, images, module, match
+    ):
+        with pytest.raises((TypeError, ValueError), match=f"{match}.*must map a float32 batch"):
+            PretrainedFeaturizer(module, preprocessing=SMALL).fit(images)

@@ -23,6 +23,8 @@ from sktransfer._cache import CacheInfo, cache_info, clear_cache, resolve_store
 from sktransfer._disk_store import _INHERITED_CONNECTIONS, DATABASE_NAME, CacheWarning, DiskStore
 from sktransfer._keys import content_hash, feature_key
 from sktransfer._memory_store import MemoryStore, default_memory_store, set_memory_limit
+from sktransfer._permissions import UntrustedCacheError, _private_group
+from sktransfer._store_schema import APPLICATION_ID
 
 from .conftest import unable_to_write
 
@@ -582,6 +584,63 @@ class TestDiskDamage:
         assert len(store) == len(keys) - 1
 
 
+def foreign_database(directory, application_id=0, n_rows=1000):
+    """A user's own SQLite file named like the store, with a table ``features``; its bytes."""
+    db = sqlite3.connect(Path(directory) / DATABASE_NAME)
+    with db:
+        if application_id:
+            # Our exact columns, but another program's mark.
+            db.execute(
+                "CREATE TABLE features (key TEXT PRIMARY KEY, dim INTEGER NOT NULL, "
+                "data BLOB NOT NULL, checksum BLOB NOT NULL)"
+            )
+            rows = [(f"k{i}", 1, b"1234", b"") for i in range(n_rows)]
+        else:
+            db.execute("CREATE TABLE features (id INTEGER PRIMARY KEY, name TEXT, price REAL)")
+            rows = [(i, f"item {i}", i / 4) for i in range(n_rows)]
+        db.executemany(f"INSERT INTO features VALUES ({','.join('?' * len(rows[0]))})", rows)
+        db.execute(f"PRAGMA application_id = {application_id}")
+    db.close()
+    return (Path(directory) / DATABASE_NAME).read_bytes()
+
+
+class TestForeignDatabase:
+    """A SQLite file of that name that sktransfer did not write is refused and never changed."""
+
+    @pytest.mark.parametrize("application_id", [0, 12345], ids=["other-columns", "other-program"])
+    def test_is_refused_and_left_as_it_was(self, tmp_path, application_id):
+        before = foreign_database(tmp_path, application_id)
+        refused = pytest.raises(UntrustedCacheError, match="not a feature cache of sktransfer")
+        with refused:
+            cache_info(tmp_path)
+        with refused:
+            clear_cache(tmp_path)
+        with refused:
+            DiskStore(tmp_path).put_many(["a"], np.ones((1, 2)))
+        with refused:
+            DiskStore(tmp_path).get_many(["k1"])
+        assert (tmp_path / DATABASE_NAME).read_bytes() == before
+        assert [path.name for path in tmp_path.iterdir()] == [DATABASE_NAME]
+
+    def test_is_refused_read_only_too(self, shared_tmp):
+        before = foreign_database(shared_tmp)
+        with unable_to_write(shared_tmp), pytest.raises(UntrustedCacheError):
+            DiskStore(shared_tmp).get_many(["a"])
+        assert (shared_tmp / DATABASE_NAME).read_bytes() == before
+
+    def test_a_store_of_the_previous_version_is_adopted_and_marked(self, tmp_path):
+        keys, rows = fill(tmp_path)
+        with raw_database(tmp_path) as db:  # as the version before application ids wrote it
+            db.execute("DROP TABLE models")
+            db.execute("PRAGMA application_id = 0")
+        found = DiskStore(tmp_path).get_many(keys[:3])
+        for row, expected in zip(found, rows):
+            assert_bitwise_equal(row, expected)
+        with raw_database(tmp_path) as db:
+            assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+            assert db.execute("SELECT count(*) FROM models").fetchone()[0] == 0
+
+
 class TestDiskPermissions:
     def test_new_directory_and_database_are_private(self, tmp_path):
         old_umask = os.umask(0o002)  # a permissive umask must not widen them
@@ -598,16 +657,58 @@ class TestDiskPermissions:
         DiskStore(tmp_path / "later")
         assert not (tmp_path / "later").exists()
 
+    @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+    @pytest.mark.parametrize("given_away", ["folder", "database"])
+    def test_a_cache_of_another_user_is_refused(self, tmp_path, given_away):
+        directory = tmp_path / "cache"
+        fill(directory, n_rows=2)
+        before = (directory / DATABASE_NAME).read_bytes()
+        os.chown(directory if given_away == "folder" else directory / DATABASE_NAME, 12345, -1)
+        with pytest.raises(
+            UntrustedCacheError, match=f"{given_away} .* belongs to uid 12345.*chown"
+        ):
+            DiskStore(directory).get_many(["k0"])
+        with pytest.raises(UntrustedCacheError):
+            clear_cache(directory)
+        assert (directory / DATABASE_NAME).read_bytes() == before
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+    @pytest.mark.parametrize(
+        ("mode", "group", "who"),
+        [(0o777, 0, "other users"), (0o775, 65534, "group nogroup")],
+        ids=["world-writable", "shared-group"],
+    )
+    def test_a_folder_others_may_write_is_refused(self, tmp_path, mode, group, who):
+        directory = tmp_path / "cache"
+        directory.mkdir()
+        os.chown(directory, -1, group)
+        directory.chmod(mode)
+        with pytest.raises(UntrustedCacheError, match=f"writable by {who}.*chmod go-w"):
+            DiskStore(directory).put_many(["a"], np.ones((1, 2)))
+        assert not list(directory.iterdir())
+
+    def test_the_owners_private_group_may_write(self, tmp_path):
+        if not _private_group(os.getegid(), os.geteuid()):
+            pytest.skip("this user has no private group")
+        tmp_path.chmod(0o770)  # umask 002, as Debian and Ubuntu give their users
+        DiskStore(tmp_path).put_many(["a"], np.ones((1, 2)))
+        assert_bitwise_equal(DiskStore(tmp_path).get_many(["a"])[0], np.ones(2))
+
 
 class TestDiskReadOnly:
     """A store this process cannot write serves what it holds and warns once."""
 
-    def test_serves_what_it_holds_computes_the_rest_and_warns_once(self, shared_tmp):
+    @pytest.mark.parametrize("owner", ["root", "reader"])
+    def test_serves_what_it_holds_computes_the_rest_and_warns_once(self, shared_tmp, owner):
+        """Whether root prepared it for everyone, or it is the reader's own, made read-only."""
         directory = shared_tmp / "cache"
         directory.mkdir(mode=0o755)
         writer = DiskStore(directory)
         writer.put_many(["a", "b"], np.arange(8, dtype=np.float32).reshape(2, 4))
         writer.close()  # SQLite removes -wal and -shm: only the database file is left
+        if owner == "reader" and os.geteuid() == 0:
+            for path in (directory, directory / DATABASE_NAME):
+                os.chown(path, 65534, 65534)  # unable_to_write reads as nobody
         with unable_to_write(directory), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with pytest.raises(PermissionError):  # the directory really refuses writes
@@ -623,7 +724,7 @@ class TestDiskReadOnly:
         assert_bitwise_equal(found[2], np.arange(4, 8))
         messages = [str(w.message) for w in caught if issubclass(w.category, CacheWarning)]
         assert len(messages) == 1 and "read-only" in messages[0], messages
-        assert DiskStore(directory).get_many(["c"]) == [None]
+        assert set(raw_rows(directory)) == {"a", "b"}
 
     def test_without_a_database_every_lookup_misses(self, shared_tmp):
         directory = shared_tmp / "empty"

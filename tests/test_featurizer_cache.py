@@ -7,6 +7,7 @@ images the network processed.
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from torch import nn
 
-from sktransfer import Preprocessing, PretrainedFeaturizer
+from sktransfer import Preprocessing, PretrainedFeaturizer, UntrustedCacheError
 from sktransfer._cache import cache_info, clear_cache, resolve_store
 from sktransfer._disk_store import CacheWarning
 
@@ -225,6 +226,33 @@ class TestDiskCacheSurroundings:
         with pytest.raises(NotADirectoryError, match="'file' is a file"):
             counting_featurizer(cache="file").fit(X).transform(X)
         assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+    def test_a_users_own_database_of_that_name_is_refused_and_kept(self, tmp_path):
+        """A folder that holds someone's features.sqlite: no features stored, none deleted."""
+        db = sqlite3.connect(tmp_path / "features.sqlite")
+        with db:
+            db.execute("CREATE TABLE features (id INTEGER PRIMARY KEY, name TEXT, price REAL)")
+            db.executemany(
+                "INSERT INTO features VALUES (?, ?, ?)", [(i, "x", i) for i in range(1000)]
+            )
+        db.close()
+        before = (tmp_path / "features.sqlite").read_bytes()
+        featurizer = counting_featurizer(cache=tmp_path).fit(make_images(2))
+        with pytest.raises(UntrustedCacheError, match="not a feature cache of sktransfer"):
+            featurizer.transform(make_images(2))
+        with pytest.raises(UntrustedCacheError):
+            clear_cache(tmp_path)
+        assert (tmp_path / "features.sqlite").read_bytes() == before
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder away needs root")
+    def test_a_folder_of_another_user_is_refused_with_the_fix(self, tmp_path):
+        cache = tmp_path / "cache"
+        cache.mkdir()
+        os.chown(cache, 12345, 12345)
+        featurizer = counting_featurizer(cache=cache).fit(make_images(2))
+        with pytest.raises(UntrustedCacheError, match="belongs to uid 12345.*chown -R root"):
+            featurizer.transform(make_images(2))
+        assert not list(cache.iterdir())
 
     def test_transforms_reuse_one_connection(self, tmp_path):
         X = make_images(2)

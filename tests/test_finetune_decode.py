@@ -109,3 +109,14 @@ class TestStoredArrays:
         store = MemoryStore(100)
         store.put_arrays(["a", "b"], [np.zeros(60, dtype=np.uint8)] * 2)
         assert store.get_arrays(["a", "b"])[0] is None and store.nbytes == 60
+
+    def test_a_store_made_before_arrays_gets_their_table(self, tmp_path):
+        import sqlite3
+
+        DiskStore(tmp_path).put_many(["k"], np.ones((1, 2)))
+        with sqlite3.connect(tmp_path / "features.sqlite") as db:
+            db.execute("DROP TABLE arrays")
+        store = DiskStore(tmp_path)
+        assert store.get_arrays(["a"]) == [None] and len(store) == 1
+        store.put_arrays(["a"], [np.ones((2, 2, 3), dtype=np.uint8)])
+        assert store.get_arrays(["a"])[0].shape == (2, 2, 3)

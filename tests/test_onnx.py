@@ -1,5 +1,6 @@
 """engine="onnxruntime": the same features as torch, exported once, kept only when ours."""
 
+import hashlib
 import sys
 
 import numpy as np
@@ -8,12 +9,14 @@ import torch
 
 from sktransfer import PretrainedFeaturizer
 from sktransfer import _onnx as onnx_module
-from sktransfer._cache import cache_info, clear_cache
+from sktransfer._cache import cache_info, clear_cache, resolve_store
+from sktransfer._disk_store import CacheWarning
 from sktransfer._onnx import model_path
 
 from .conftest import TINY_PREPROCESSING, make_tiny_backbone
 
 pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
 
 
 def cosine(a, b):
@@ -114,11 +117,100 @@ class TestExportOnce:
             content = onnx_module.export_onnx(make_tiny_backbone(seed=1), 32, content)
         path.write_bytes(content)
         onnx_module._sessions.clear()
-        features = tiny("onnxruntime", cache=tmp_path).fit_transform(small_images[2:4])
+        with pytest.warns(CacheWarning, match="sha256 differs"):
+            features = tiny("onnxruntime", cache=tmp_path).fit_transform(small_images[2:4])
         np.testing.assert_allclose(
             features, tiny("torch").fit_transform(small_images[2:4]), rtol=1e-4, atol=1e-5
         )
-        assert onnx_module._stored_key(path.read_bytes()) == key
+        recorded = resolve_store(tmp_path).model_digest(key)
+        assert hashlib.sha256(path.read_bytes()).digest() == recorded
+
+    def test_a_planted_model_that_keeps_the_key_is_not_used(self, small_images, tmp_path, exports):
+        tiny("onnxruntime", cache=tmp_path).fit_transform(small_images[:2])
+        (key,) = exports
+        # Another network's model, the same shape, relabelled with the key: a planted file.
+        other = tiny("onnxruntime", cache=tmp_path / "other").set_params(
+            backbone=make_tiny_backbone(seed=1)
+        )
+        other.fit_transform(small_images[:2])
+        proto = onnx.load(model_path(tmp_path / "other", exports[1]))
+        onnx.helper.set_model_props(proto, {"sktransfer_key": key})
+        planted = proto.SerializeToString()
+        model_path(tmp_path, key).write_bytes(planted)
+        onnx_module._sessions.clear()
+        with pytest.warns(CacheWarning, match="not the one this cache recorded"):
+            features = tiny("onnxruntime", cache=tmp_path).fit_transform(small_images[2:4])
+        expected = tiny("torch").fit_transform(small_images[2:4])
+        np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
+        assert model_path(tmp_path, key).read_bytes() != planted
+
+    def test_a_model_without_a_recorded_digest_is_exported_again(
+        self, small_images, tmp_path, exports
+    ):
+        """A cache written before digests were recorded, or a model copied in from elsewhere."""
+        tiny("onnxruntime", cache=tmp_path).fit_transform(small_images[:2])
+        resolve_store(tmp_path).clear()  # forgets the digest, keeps the file
+        onnx_module._sessions.clear()
+        tiny("onnxruntime", cache=tmp_path).fit_transform(small_images[:2])
+        assert len(exports) == 2
+
+
+class Branching(torch.nn.Module):
+    """Doubles its features for a bright batch: a branch on the input's values."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = make_tiny_backbone()
+
+    def forward(self, x):
+        features = self.body(x).mean((2, 3))
+        if x.mean() > 0:
+            return 2 * features
+        return features
+
+
+class ShapeBranching(Branching):
+    """Pools large inputs first: a branch on the input's shape, fixed by the input size."""
+
+    def forward(self, x):
+        if x.shape[-1] > 24:
+            x = torch.nn.functional.avg_pool2d(x, 2)
+        return self.body(x).mean((2, 3))
+
+
+class TestFaithfulExport:
+    def onnx_featurizer(self, module, cache=None):
+        return PretrainedFeaturizer(
+            module,
+            preprocessing=TINY_PREPROCESSING,
+            engine="onnxruntime",
+            device="cpu",
+            cache=cache,
+            batch_size=3,
+            progress=False,
+        )
+
+    def test_a_branch_on_the_input_is_refused_not_frozen(self, tmp_path, exports):
+        rng = np.random.default_rng(0)
+        dark = rng.integers(0, 40, (3, 40, 40, 3), dtype=np.uint8)
+        images = np.concatenate([dark, 255 - dark])
+        featurizer = self.onnx_featurizer(Branching(), cache=tmp_path).fit(images)
+        with pytest.raises(RuntimeError, match="cannot be exported faithfully.*engine='torch'"):
+            featurizer.transform(images)
+        assert cache_info(tmp_path).entries == 0  # nothing stored under the key engines share
+        features = featurizer.set_params(engine="torch").transform(images)
+        body = self.onnx_featurizer(featurizer.backbone.body).set_params(engine="torch")
+        expected = body.fit_transform(images)
+        # Each batch took its own branch; one frozen branch is wrong for half the images.
+        np.testing.assert_allclose(features, np.concatenate([expected[:3], 2 * expected[3:]]))
+
+    def test_a_branch_on_the_input_size_is_exported(self, small_images, exports):
+        module = ShapeBranching()
+        features = self.onnx_featurizer(module).fit_transform(small_images)
+        expected = (
+            self.onnx_featurizer(module).set_params(engine="torch").fit_transform(small_images)
+        )
+        np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
 
 
 class TestClearErrors:

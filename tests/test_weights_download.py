@@ -2,21 +2,27 @@
 
 The server speaks the hub's file protocol (``/<repo>/resolve/<revision>/<file>``
 with its commit and ETag headers); huggingface_hub is pointed at it with
-``HF_ENDPOINT``, which it reads at import, so each check runs in a fresh process.
+``HF_ENDPOINT``, which it reads at import, so each check runs in a fresh process
+(the unreachable-hub checks patch the URL template it builds from it instead).
 """
 
 import hashlib
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+import sktransfer
+from sktransfer import WeightsNotFoundError
 
 timm = pytest.importorskip("timm")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -179,3 +185,45 @@ def test_torch_hub_files_are_downloaded_with_their_hash_checked(tmp_path, monkey
         assert not (tmp_path / "torch" / "hub" / "checkpoints" / "bad-12345678.pth").exists()
     finally:
         server.shutdown()
+
+
+class TestUnreachableHub:
+    """Without a network and without the offline switch, say so at once, and how to go offline."""
+
+    @pytest.fixture
+    def hub_at(self, tmp_path, monkeypatch):
+        from huggingface_hub import constants
+
+        monkeypatch.delenv("SKTRANSFER_OFFLINE", raising=False)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+
+        def point(address):
+            template = f"http://{address}/{{repo_id}}/resolve/{{revision}}/{{filename}}"
+            monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+
+        return point
+
+    def test_a_closed_port_fails_fit_at_once(self, hub_at):
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            address = f"127.0.0.1:{closed.getsockname()[1]}"
+        hub_at(address)  # nothing listens there now: connections are refused
+        X = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+        start = time.perf_counter()
+        with pytest.raises(WeightsNotFoundError, match="did not answer.*SKTRANSFER_OFFLINE=1"):
+            sktransfer.PretrainedFeaturizer("test_resnet.r160_in1k").fit(X)
+        assert time.perf_counter() - start < 10  # huggingface_hub alone retried for ~47 s
+
+    def test_a_hub_that_never_answers_is_given_one_short_timeout(self, hub_at, monkeypatch):
+        from sktransfer import _weights
+
+        monkeypatch.setattr(_weights, "HUB_TIMEOUT_S", 0.5)
+        with socket.socket() as silent:  # accepts connections, never answers
+            silent.bind(("127.0.0.1", 0))
+            silent.listen()
+            hub_at(f"127.0.0.1:{silent.getsockname()[1]}")
+            start = time.perf_counter()
+            with pytest.raises(WeightsNotFoundError, match="within 0.5 s"):
+                _weights.HFWeights(REPO).locate()
+        assert time.perf_counter() - start < 5

@@ -7,6 +7,7 @@ torchvision's classifiers, then timm's models (``arch`` or ``arch.tag``);
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import functools
 from dataclasses import replace
@@ -14,7 +15,14 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .._weights import FileWeights, HFWeights, is_local, load_state_dict
+from .._weights import (
+    FileWeights,
+    HFWeights,
+    WeightsIntegrityError,
+    is_local,
+    load_state_dict,
+    read_state_dict,
+)
 from ._lite import LITE, lite_spec, packaged_weights
 from ._module import module_fingerprint, module_spec, module_stages
 from ._spec import (
@@ -169,20 +177,73 @@ def resolve_spec(
 ) -> BackboneSpec:
     """The spec of an estimator's ``backbone`` parameter (a name or a module), weights pinned.
 
-    A weights file (or a downloaded timm checkpoint) is hashed here, once, so
-    the spec names exactly the tensors it loads; a file changed later gives a
-    new spec at the next resolution.
+    A weights file is read here, once: the spec names the sha256 of the bytes
+    read, and the file must fit the network (loaded into it on the meta device).
+    A downloaded timm checkpoint is hashed likewise. A file changed later gives
+    a new spec at the next resolution, and is refused by a spec resolved before.
+    A module backbone with a weights file is a copy of the module with the
+    file loaded, strictly.
     """
     if isinstance(backbone, nn.Module):
-        return module_spec(backbone, preprocessing)
+        return module_spec(_module_with_weights(backbone, weights), preprocessing)
     spec = get_backbone_spec(backbone, weights)
-    if isinstance(spec.weights, FileWeights | HFWeights) and spec.weights.sha256 is None:
+    if isinstance(spec.weights, FileWeights) and spec.weights.sha256 is None:
+        state, digest = read_state_dict(spec.weights)
+        spec = replace(spec, weights=replace(spec.weights, sha256=digest))
+        _check_fit(spec, state)
+    elif isinstance(spec.weights, HFWeights) and spec.weights.sha256 is None:
         spec = replace(spec, weights=spec.weights.pinned())
     if spec.weights is None and random_state is not None:
         spec = replace(spec, random_state=int(random_state))
     if preprocessing is not None:
         spec = replace(spec, preprocessing=preprocessing)
     return spec
+
+
+def _check_fit(spec: BackboneSpec, state: dict) -> None:
+    """Load a checkpoint into the network at fit, so a misfit fails there, naming the keys.
+
+    Built on the meta device, which allocates nothing and initialises nothing;
+    a misfit (or a network that cannot be built there) is built for real, for
+    torch's own error, which names the keys.
+    """
+    meta_state = {name: tensor.to("meta") for name, tensor in state.items()}
+    try:
+        with torch.device("meta"):
+            spec.build_network(spec, meta_state)
+        return
+    except (NotImplementedError, RuntimeError, ValueError):
+        pass
+    try:
+        spec.build_network(spec, state)
+    except (RuntimeError, ValueError) as exc:  # torch's load_state_dict, our pairing by position
+        raise WeightsIntegrityError(
+            f"weights file {spec.weights.path!r} does not fit {spec.name}: {exc}\n"
+            f"It must be a state dict of {spec.architecture} as the library builds it, "
+            "classifier included"
+        ) from exc
+
+
+def _module_with_weights(module: nn.Module, weights) -> nn.Module:
+    """A module backbone as it is ("default"), or a copy with a weights file loaded."""
+    path = _check_weights(weights)
+    if path == "default":
+        return module
+    if path is None:
+        raise ValueError(
+            "weights=None (random initialisation) applies to named backbones; a module "
+            "backbone computes with its own tensors: pass weights='default' to use them, "
+            "or a state dict file to load into a copy of the module"
+        )
+    state, _ = read_state_dict(FileWeights(path))
+    loaded = copy.deepcopy(module)
+    try:
+        loaded.load_state_dict(state)
+    except RuntimeError as exc:
+        raise WeightsIntegrityError(
+            f"weights file {path!r} does not fit the {type(module).__name__} module: {exc}"
+        ) from exc
+    return loaded
 
 
 def load_network(spec: BackboneSpec) -> nn.Module:

