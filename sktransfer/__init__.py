@@ -10,7 +10,7 @@ from ._backbones import (
 )
 from ._cache import cache_info, clear_cache
 from ._featurizer import PretrainedFeaturizer
-from ._finetune import FineTuneClassifier
+from ._finetune import FineTuneClassifier, FineTuneRegressor
 from ._images import ImageFailure, InvalidImageError
 from ._weights import WeightsIntegrityError, WeightsNotFoundError
 
@@ -20,6 +20,7 @@ __all__ = [
     "Backbone",
     "BackboneSpec",
     "FineTuneClassifier",
+    "FineTuneRegressor",
     "ImageFailure",
     "InvalidImageError",
     "Preprocessing",

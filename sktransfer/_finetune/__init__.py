@@ -5,7 +5,9 @@
 the feature store; ``_base``: :class:`FineTuneBase`, everything a fine-tuner
 does whatever its targets; ``_docs``: the parameter docs they share;
 ``_callbacks``: the epoch progress bar; ``_targets``: labels checked and
-encoded for the loss; ``_classifier``: :class:`FineTuneClassifier`.
+encoded for the loss, numbers checked;
+``_classifier``: :class:`FineTuneClassifier`; ``_regressor``:
+:class:`FineTuneRegressor`.
 """
 
 from ._base import NETWORK_PARAMS, FineTuneBase
@@ -13,6 +15,7 @@ from ._callbacks import EpochProgress
 from ._classifier import FineTuneClassifier
 from ._frozen import FROZEN_CACHE_LIMIT_BYTES, FROZEN_STORE_MAX_ROW_BYTES
 from ._network import FineTuneNetwork, frozen_stage_count, make_head
+from ._regressor import FineTuneRegressor
 
 __all__ = [
     "FROZEN_CACHE_LIMIT_BYTES",
@@ -22,6 +25,7 @@ __all__ = [
     "FineTuneBase",
     "FineTuneClassifier",
     "FineTuneNetwork",
+    "FineTuneRegressor",
     "frozen_stage_count",
     "make_head",
 ]

@@ -155,6 +155,13 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
             self.module_.precision = dtype
         return dtype
 
+    #: Whether prediction runs the trainable stages and the head under the
+    #: precision's autocast too; else only the frozen stages do (see FineTuneNetwork).
+    _autocast_head = True
+
+    def _predict_dtype(self) -> torch.dtype:
+        return self._compute_dtype() if self._autocast_head else torch.float32
+
     def initialize_module(self):
         """Build the network: pretrained backbone, frozen prefix and a new head."""
         check_params(self)
@@ -283,7 +290,7 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
         check_params(self)
         images = ImageCollection(X)
         if len(np.asarray(y)) != len(images):
-            raise ValueError(f"X has {len(images)} images but y has {len(np.asarray(y))} labels")
+            raise ValueError(f"X has {len(images)} images but y has {len(np.asarray(y))} targets")
         if not self.initialized_:
             self._learn_targets(y)
         return super().partial_fit(images, self._encode_targets(y), classes, **fit_params)
@@ -314,7 +321,7 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
         # fit_params belong to train_split (see fit): the network takes no extra inputs.
         if torch.is_grad_enabled():
             return super().infer(x)
-        with autocast(self._torch_device(), self._compute_dtype()):
+        with autocast(self._torch_device(), self._predict_dtype()):
             return super().infer(x).float()
 
     # --- prediction ---
@@ -342,7 +349,7 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
             transform=view,
             batch_size=self.batch_size,
             device=self._torch_device(),
-            dtype=self._compute_dtype(),
+            dtype=self._predict_dtype(),
             num_workers=self.get_params_for("iterator_valid").get("num_workers", 0),
             progress="predicting" if self.progress else None,
         )

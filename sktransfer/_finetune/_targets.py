@@ -1,8 +1,10 @@
-"""Targets: labels checked, classes learned and encoded for the loss, class weights.
+"""Targets: labels checked, classes learned and encoded for the loss, class weights;
+numeric targets checked for regression.
 
 Single-label ``y`` (labels of any type) is encoded as class indices in the
 order of ``classes``; a 2-D 0/1 matrix (scikit-learn's "multilabel-indicator")
-is multi-label.
+is multi-label. A regressor's ``y`` is 1-D or 2-D (one column per output) and
+finite.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ def _is_missing(value) -> bool:
         or (isinstance(value, float) and math.isnan(value))
         or type(value).__name__ in ("NAType", "NaTType")
     )
+
+
+def _samples(rows) -> str:
+    return ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
 
 
 def check_targets(y) -> np.ndarray:
@@ -40,9 +46,8 @@ def check_targets(y) -> np.ndarray:
         missing = np.zeros(y.shape, dtype=bool)
     if missing.any():
         rows = np.flatnonzero(missing.reshape(len(y), -1).any(axis=1))
-        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
         raise ValueError(
-            f"y has missing labels (NaN or None) for {len(rows)} sample(s): {shown}; "
+            f"y has missing labels (NaN or None) for {len(rows)} sample(s): {_samples(rows)}; "
             "drop those samples or label them"
         )
     # scikit-learn's "multilabel-indicator" admits any two values; the loss needs 0 and 1.
@@ -124,3 +129,30 @@ def encode_targets(y, classes, multilabel: bool) -> np.ndarray:
             "up front, as the classes= parameter or partial_fit's classes= on its first call"
         )
     return encoded
+
+
+def check_regression_targets(y) -> np.ndarray:
+    """``y`` as float64 of shape (n,) or (n, k), all finite; clear errors otherwise."""
+    y = np.asarray(y)
+    if y.ndim not in (1, 2) or len(y) == 0 or y.size == 0:
+        raise ValueError(
+            "y must be a non-empty 1-D array of numbers, or 2-D with one column per output; "
+            f"got shape {y.shape}"
+        )
+    if y.dtype.kind in "OUS":
+        for index, value in enumerate(y.ravel().tolist()):
+            try:
+                float(value)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"y must hold numbers for regression; sample {index // (y.size // len(y))} "
+                    f"is {value!r}. For labels use FineTuneClassifier"
+                ) from None
+    y = y.astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(y.reshape(len(y), -1)).all(axis=1))
+    if len(bad):
+        raise ValueError(
+            f"y has NaN or infinite values for {len(bad)} sample(s): {_samples(bad)}; "
+            "drop those samples or give them a value"
+        )
+    return y
