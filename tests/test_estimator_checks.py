@@ -16,7 +16,7 @@ import pytest
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import estimator_checks
 
-from sktransfer import FineTuneClassifier, InvalidImageError
+from sktransfer import FineTuneClassifier, FineTuneRegressor, InvalidImageError
 
 from .conftest import TINY_PREPROCESSING, make_tiny_backbone
 
@@ -45,7 +45,6 @@ COMMON_CHECKS = {
     "check_n_features_in_after_fitting": None,
     "check_non_transformer_estimators_n_iter": None,
     "check_supervised_y_no_nan": None,
-    "check_complex_data": None,
     "check_fit1d": None,
     # checks on tabular X
     "check_fit_score_takes_y": (ValueError, _TABULAR),
@@ -82,6 +81,7 @@ COMMON_CHECKS = {
 }
 
 CLASSIFIER_CHECKS = {
+    "check_complex_data": None,
     "check_classifiers_one_label": None,
     "check_classifiers_regression_target": None,
     "check_decision_proba_consistency": None,
@@ -101,18 +101,42 @@ CLASSIFIER_CHECKS = {
 }
 
 
-def tiny_classifier():
-    return FineTuneClassifier(
-        make_tiny_backbone(),
-        preprocessing=TINY_PREPROCESSING,
-        max_epochs=1,
-        batch_size=8,
-        cache=None,
-        progress=False,
-    )
+REGRESSOR_CHECKS = {
+    "check_complex_data": (
+        AssertionError,
+        "complex y is cast to float with a ComplexWarning, not refused, so tabular X's error "
+        "comes first, in words the check does not expect",
+    ),
+    "check_regressor_data_not_an_array": (
+        TypeError,
+        "wraps y in an array-like without len(), which the targets take before np.asarray",
+    ),
+    "check_regressors_train": (ValueError, _TABULAR),
+    "check_regressor_multioutput": (ValueError, _TABULAR),
+    "check_regressors_no_decision_function": (ValueError, _TABULAR),
+    "check_regressors_int": (ValueError, _TABULAR),
+    "check_fit2d_1sample": (AssertionError, _MESSAGE),
+}
 
 
-ESTIMATORS = {"FineTuneClassifier": (tiny_classifier, CLASSIFIER_CHECKS)}
+def _tiny(estimator):
+    def make():
+        return estimator(
+            make_tiny_backbone(),
+            preprocessing=TINY_PREPROCESSING,
+            max_epochs=1,
+            batch_size=8,
+            cache=None,
+            progress=False,
+        )
+
+    return make
+
+
+ESTIMATORS = {
+    "FineTuneClassifier": (_tiny(FineTuneClassifier), CLASSIFIER_CHECKS),
+    "FineTuneRegressor": (_tiny(FineTuneRegressor), REGRESSOR_CHECKS),
+}
 
 
 def _cases():

@@ -1,6 +1,8 @@
-"""The fine-tuner's parameters: checked at every fit, precision in use, learning rates.
+"""The fine-tuners' parameters: checked at every fit, precision in use, learning rates.
 
-Tiny three-stage conv nets on 32 px images, as in test_finetune.py.
+Tiny three-stage conv nets on 32 px images, as in test_finetune.py. The
+machinery is FineTuneBase's: the classifier runs every case, the regressor
+the main ones.
 """
 
 import pickle
@@ -11,7 +13,7 @@ import torch
 from sklearn.base import clone
 from sklearn.utils._param_validation import InvalidParameterError
 
-from sktransfer import PretrainedFeaturizer
+from sktransfer import FineTuneRegressor, PretrainedFeaturizer
 
 from .test_finetune import COLOURS, TINY, colour_images, make_backbone, make_clf
 
@@ -19,6 +21,21 @@ from .test_finetune import COLOURS, TINY, colour_images, make_backbone, make_clf
 @pytest.fixture(scope="module")
 def data():
     return colour_images(4, seed=0)
+
+
+def make_reg(backbone=None, **params):
+    defaults = dict(preprocessing=TINY, max_epochs=3, lr=0.02, batch_size=8, cache=None)
+    backbone = make_backbone() if backbone is None else backbone
+    return FineTuneRegressor(backbone, progress=False, **{**defaults, **params})
+
+
+@pytest.fixture(params=["classifier", "regressor"])
+def task(request, data):
+    """A factory of tiny fine-tuners of each kind, and targets for ``data``'s images."""
+    X, y = data
+    if request.param == "classifier":
+        return make_clf, y
+    return make_reg, np.linspace(0.0, 1.0, len(X))
 
 
 class TestValidation:
@@ -38,14 +55,17 @@ class TestValidation:
             ("tta", "flips"),
         ],
     )
-    def test_every_fit_and_partial_fit_checks_every_parameter(self, data, param, value):
+    def test_every_fit_and_partial_fit_checks_every_parameter(self, data, task, param, value):
         # A warm_start fit that keeps the network, and partial_fit, used to check nothing.
-        X, y = data
-        clf = make_clf(warm_start=True, max_epochs=1).fit(X, y)
+        (X, _), (make, y) = data, task
+        clf = make(warm_start=True, max_epochs=1)
+        if param not in clf.get_params():
+            pytest.skip(f"{type(clf).__name__} has no {param}")
+        clf.fit(X, y)
         weights = [p.detach().clone() for p in clf.module_.parameters()]
         clf.set_params(**{param: value})
-        match = rf"The '{param}' parameter of FineTuneClassifier must be"
-        for method in (clf.fit, clf.partial_fit, make_clf(**{param: value}).fit):
+        match = rf"The '{param}' parameter of {type(clf).__name__} must be"
+        for method in (clf.fit, clf.partial_fit, make(**{param: value}).fit):
             with pytest.raises(InvalidParameterError, match=match):
                 method(X, y)
         assert len(clf.history) == 1
@@ -94,16 +114,20 @@ def _fp32_head_outputs(clf, backbone, images):
 class TestPrecisionInUse:
     """The frozen stages run in the precision their stored outputs are keyed by."""
 
-    def test_precision_set_after_fit_applies_to_predict(self, data, tmp_path):
-        X, y = data
+    def test_precision_set_after_fit_applies_to_predict(self, data, task, tmp_path):
+        (X, _), (make, y) = data, task
         X_new = colour_images(2, seed=5)[0]
         backbone = make_backbone()
-        clf = make_clf(backbone, precision="bf16", cache=tmp_path, max_epochs=1).fit(X, y)
-        bf16 = clf.predict_proba(X_new[:3])
-        proba = clf.set_params(precision="fp32").predict_proba(X_new)
+        estimator = make(backbone, precision="bf16", cache=tmp_path, max_epochs=1).fit(X, y)
+        bf16 = estimator.predict(X_new[:3])
+        estimator.set_params(precision="fp32").predict(X_new)
         _fp32_features_are_not_poisoned(backbone, X_new, tmp_path)
-        np.testing.assert_allclose(proba, _fp32_head_outputs(clf, backbone, X_new), atol=1e-5)
-        assert not np.allclose(proba[:3], bf16, rtol=0, atol=1e-5)
+        if isinstance(estimator, FineTuneRegressor):
+            assert not np.allclose(estimator.predict(X_new[:3]), bf16, rtol=0, atol=1e-6)
+        else:
+            proba = estimator.predict_proba(X_new)
+            expected = _fp32_head_outputs(estimator, backbone, X_new)
+            np.testing.assert_allclose(proba, expected, atol=1e-5)
 
     def test_warm_start_refit_continues_in_the_new_precision(self, data, tmp_path):
         X, y = data
@@ -137,9 +161,9 @@ class TestLearningRate:
     """Every way of setting the learning rate keeps the backbone's scale."""
 
     @pytest.mark.parametrize("name", ["lr", "optimizer__lr"])
-    def test_set_after_fit_then_train_further(self, data, name):
-        X, y = data
-        clf = make_clf(freeze=1, lr=0.1, backbone_lr_scale=0.1, warm_start=True, max_epochs=1)
+    def test_set_after_fit_then_train_further(self, data, task, name):
+        (X, _), (make, y) = data, task
+        clf = make(freeze=1, lr=0.1, backbone_lr_scale=0.1, warm_start=True, max_epochs=1)
         clf.fit(X, y).set_params(**{name: 0.3})
         assert _learning_rates(clf) == pytest.approx((0.03, 0.3))
         clf.partial_fit(X, y)

@@ -160,7 +160,8 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
     _autocast_head = True
 
     def _predict_dtype(self) -> torch.dtype:
-        return self._compute_dtype() if self._autocast_head else torch.float32
+        dtype = self._compute_dtype()  # the frozen stages run in it whatever the head does
+        return dtype if self._autocast_head else torch.float32
 
     def initialize_module(self):
         """Build the network: pretrained backbone, frozen prefix and a new head."""
