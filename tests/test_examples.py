@@ -36,6 +36,7 @@ FIGURES = {
     "plot_dask.py": ["dask_task_stream.png"],
     "plot_freeze_depth.py": ["freeze_depth.png"],
     "plot_choose_layers.py": ["choose_layers.png"],
+    "plot_regression.py": ["regression.png"],
 }
 
 
@@ -123,6 +124,14 @@ def check_choose_layers(out):
     assert number_after(out, "held-out accuracy, picked:") >= 0.9
 
 
+def check_regression(out):
+    # Both transfer-learning models explain much of the exposure gain; a constant, none.
+    assert abs(number_after(out, "mean gain (DummyRegressor)")) < 0.05
+    assert number_after(out, "features + RidgeCV") > 0.3
+    assert number_after(out, "FineTuneRegressor") > 0.3
+    assert "chosen by the search: {" in out
+
+
 CHECKS = {
     "plot_quick_start.py": check_quick_start,
     "plot_learning_curve.py": check_learning_curve,
@@ -132,6 +141,7 @@ CHECKS = {
     "plot_dask.py": check_dask,
     "plot_freeze_depth.py": check_freeze_depth,
     "plot_choose_layers.py": check_choose_layers,
+    "plot_regression.py": check_regression,
 }
 
 

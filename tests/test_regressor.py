@@ -12,11 +12,12 @@ import pytest
 import torch
 from sklearn.base import clone, is_regressor
 from sklearn.model_selection import GridSearchCV
+from skorch.dataset import ValidSplit
 from torch import nn
 
 from sktransfer import FineTuneClassifier, FineTuneRegressor, PretrainedFeaturizer
 from tests.test_finetune import TINY, make_backbone
-from tests.test_finetune_search import count, counting_backbone  # noqa: F401 (fixture)
+from tests.test_finetune_search import CountingStage, counting_backbone
 
 
 def brightness_images(n, seed, size=40):
@@ -42,6 +43,13 @@ def make_reg(backbone=None, **params):
     )
     backbone = make_backbone() if backbone is None else backbone
     return FineTuneRegressor(backbone, **{**defaults, **params})
+
+
+@pytest.fixture
+def count():
+    """Images seen by the counting stage of ``counting_backbone`` since the test began."""
+    CountingStage.images_seen = 0
+    return lambda: CountingStage.images_seen
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +123,16 @@ class TestTargets:
             reg.predict(X), expected * reg.y_scale_[0] + reg.y_mean_[0], rtol=1e-5
         )
 
+    def test_warm_up_augmentation_and_a_validation_split(self, data):
+        X, level, _ = data
+        reg = make_reg(
+            freeze=-1, warmup_epochs=2, max_epochs=1, augment=True, train_split=ValidSplit(4)
+        ).fit(X, level)
+        # Two head-only epochs, then one with the last stage; validated on a quarter.
+        assert len(reg.history) == 3
+        assert all(np.isfinite(row["valid_loss"]) for row in reg.history)
+        assert reg.predict(X).shape == (len(X),)
+
 
 class TestBadTargets:
     @pytest.mark.parametrize(
@@ -171,12 +189,7 @@ class TestScikitLearn:
         restored = pickle.loads(pickle.dumps(fitted))
         np.testing.assert_array_equal(restored.predict(X), fitted.predict(X))
 
-    def test_search_over_freeze_and_lr_runs_each_depth_once_per_image(
-        self,
-        data,
-        count,
-        tmp_path,  # noqa: F811
-    ):
+    def test_search_over_freeze_and_lr_runs_each_depth_once_per_image(self, data, count, tmp_path):
         X, level, _ = data
         reg = make_reg(counting_backbone(), cache=str(tmp_path), max_epochs=2)
         search = GridSearchCV(reg, {"freeze": ["backbone", -1], "lr": [1e-2, 1e-3]}, cv=3)
@@ -187,7 +200,7 @@ class TestScikitLearn:
         search.predict(X)
         assert count() <= 2 * len(X)
 
-    def test_frozen_outputs_are_shared_with_the_classifier(self, data, count, tmp_path):  # noqa: F811
+    def test_frozen_outputs_are_shared_with_the_classifier(self, data, count, tmp_path):
         X, level, _ = data
         backbone = counting_backbone()
         labels = np.where(level > 0.5, "bright", "dark")

@@ -91,6 +91,7 @@ class FineTuneClassifier(FineTuneBase, NeuralNetClassifier):
 
     See Also
     --------
+    FineTuneRegressor : The same fine-tuning for numeric targets.
     PretrainedFeaturizer : Frozen features for any scikit-learn estimator.
 
     Examples
