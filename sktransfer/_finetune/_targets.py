@@ -139,6 +139,8 @@ def check_regression_targets(y) -> np.ndarray:
             "y must be a non-empty 1-D array of numbers, or 2-D with one column per output; "
             f"got shape {y.shape}"
         )
+    if y.dtype.kind == "c":
+        raise ValueError("Complex data not supported: y must hold real numbers for regression")
     if y.dtype.kind in "OUS":
         for index, value in enumerate(y.ravel().tolist()):
             try:
