@@ -112,7 +112,8 @@ def run_batches(
     dtype : torch.dtype, default=torch.float32
         For a module or function: compute precision.
     num_workers : int, default=0
-        DataLoader processes decoding while the model runs.
+        DataLoader processes decoding while the model runs; 0 decodes in
+        threads of this process (see :func:`~sktransfer._loading.iterate_batches`).
     progress : str or None, default=None
         Label of a tqdm progress bar (shown only on a terminal or notebook);
         None shows none.
@@ -156,9 +157,14 @@ def run_batches(
         desc=progress,
         unit="batch",
     )
-    for batch_indices, batch, failures, *contents in bar:
-        if batch is None:
-            yield batch_indices, None, failures, *contents
-            continue
-        outputs = engine(batch)
-        yield batch_indices, outputs.numpy() if as_numpy else outputs, failures, *contents
+    try:
+        for batch_indices, batch, failures, *contents in bar:
+            if batch is None:
+                yield batch_indices, None, failures, *contents
+                continue
+            outputs = engine(batch)
+            yield batch_indices, outputs.numpy() if as_numpy else outputs, failures, *contents
+    finally:
+        # A failure, or a caller that stops early, stops the decoding now.
+        bar.close()
+        batches.close()

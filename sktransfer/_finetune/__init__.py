@@ -3,7 +3,8 @@
 ``_network``: the stages, the backbone's pooling, the head and freezing;
 ``_frozen``: the frozen stages' outputs, computed once per image and kept in
 the feature store; ``_base``: :class:`FineTuneBase`, everything a fine-tuner
-does whatever its targets; ``_docs``: the parameter docs they share;
+does whatever its targets; ``_params``: the parameters' constraints, checked
+at every fit, and the learning-rate setters; ``_docs``: the parameter docs they share;
 ``_callbacks``: the epoch progress bar; ``_targets``: labels checked and
 encoded for the loss, numbers checked;
 ``_classifier``: :class:`FineTuneClassifier`; ``_regressor``:

@@ -10,42 +10,34 @@ views and persistence. A task (:class:`FineTuneClassifier`,
 from __future__ import annotations
 
 import contextlib
-import os
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import (
-    Interval,
-    Options,
-    StrOptions,
-    validate_parameter_constraints,
-)
 from skorch import NeuralNet
 from skorch.utils import to_numpy
 from torch import nn
 
-from .._backbones import Preprocessing, load_backbone, resolve_spec
+from .._backbones import load_backbone, resolve_spec
 from .._device import autocast, resolve_device, resolve_precision
 from .._images import ImageCollection, InvalidImageError
 from .._inference import run_batches
-from .._onnx import check_engine
-from .._transforms import DECODES, EvalView, eval_views
+from .._transforms import EvalView, eval_views
 from ._callbacks import EpochProgress
 from ._decoded import DecodedImages
 from ._frozen import ActivationDataset, FrozenDatasetsMixin
 from ._network import FineTuneNetwork, frozen_stage_count, make_head, param_groups
+from ._params import (
+    FINETUNE_CONSTRAINTS,
+    SKORCH_CONSTRAINTS,
+    check_params,
+    set_learning_rate,
+    valid_callbacks,
+)
 
 #: Parameters the network is built from: changing one rebuilds it, even with warm_start.
 NETWORK_PARAMS = ("backbone", "weights", "preprocessing", "head", "dropout", "freeze")
-
-
-def _set_scaled_lr(net, param, value):
-    """Virtual ``lr`` setter that keeps each parameter group's ``lr_scale``."""
-    net.lr = value
-    for group in net.optimizer_.param_groups:
-        group["lr"] = value * group.get("lr_scale", 1.0)
 
 
 class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
@@ -57,24 +49,7 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
     ``initialize_criterion``.
     """
 
-    _finetune_constraints = {
-        "backbone": [str, nn.Module],
-        "weights": [str, os.PathLike, None],
-        "preprocessing": [Preprocessing, None],
-        "head": [StrOptions({"linear"}), tuple, list],
-        "dropout": [Interval(Real, 0, 1, closed="left")],
-        "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
-        "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
-        "augment": ["boolean"],
-        "tta": [StrOptions({"flip", "ten_crop"}), Options(bool, {False})],
-        "decode": [StrOptions(set(DECODES))],
-        "precision": [StrOptions({"auto", "fp32", "bf16", "fp16"})],
-        "engine": [StrOptions({"torch", "onnxruntime"})],
-        "cache": [str, os.PathLike, None],
-        "cache_frozen": ["boolean"],
-        "random_state": ["random_state"],
-        "progress": ["boolean"],
-    }
+    _parameter_constraints = {**FINETUNE_CONSTRAINTS, **SKORCH_CONSTRAINTS}
 
     def __init__(
         self,
@@ -131,20 +106,32 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
     @property
     def device(self):
         device = self.__dict__["device"]
-        return resolve_device(device) if device == "auto" else device
+        return resolve_device(device) if isinstance(device, str) and device == "auto" else device
 
     @device.setter
     def device(self, value):
         self.__dict__["device"] = value
 
     def _get_param_names(self):
-        # The module is built from the parameters below, not given by the user.
-        return [name for name in super()._get_param_names() if name != "module"]
+        # The module is built from the parameters below, not given by the user; names
+        # with a leading underscore (skorch's _params_to_validate, ours) are not parameters.
+        return [
+            name
+            for name in super()._get_param_names()
+            if name != "module" and not name.startswith("_")
+        ]
 
     def get_params(self, deep=True, **kwargs):
         params = super().get_params(deep=deep, **kwargs)
         params["device"] = self.__dict__["device"]
         return params
+
+    def set_params(self, **params):
+        # skorch builds the callbacks in set_params and fails there on a bad value; as
+        # in scikit-learn, set_params keeps any value and fit refuses it by name.
+        if not valid_callbacks(params.get("callbacks")):
+            self.__dict__["callbacks"] = params.pop("callbacks")
+        return super().set_params(**params)
 
     @property
     def _default_callbacks(self):
@@ -152,39 +139,36 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
 
     # --- building the network ---
 
-    def _check_finetune_params(self):
-        validate_parameter_constraints(
-            self._finetune_constraints,
-            {name: getattr(self, name) for name in self._finetune_constraints},
-            caller_name=type(self).__name__,
-        )
-        if self.head != "linear" and not all(
-            isinstance(w, Integral) and not isinstance(w, bool) and w > 0 for w in self.head
-        ):
-            raise ValueError(
-                f"head must be 'linear' or a tuple of positive ints; got {self.head!r}"
-            )
-        check_engine(self.engine, self.precision)
-
     def _torch_device(self) -> torch.device:
         # device=None (skorch's "leave tensors where they are") computes on the CPU.
         return torch.device("cpu") if self.device is None else torch.device(self.device)
 
     def _compute_dtype(self) -> torch.dtype:
+        """The frozen stages' dtype: ``precision`` for ``engine``, on this device.
+
+        Resolved at every use and set on the network, so the frozen stages run
+        in the precision their stored outputs are keyed by: one set after
+        ``fit``, or what ``"auto"`` means where a pickled model is loaded.
+        """
         if self.engine == "onnxruntime":
-            return torch.float32
-        return resolve_precision(self.precision, self._torch_device())
+            dtype = torch.float32
+        else:
+            dtype = resolve_precision(self.precision, self._torch_device())
+        if getattr(self, "module_", None) is not None:
+            self.module_.precision = dtype
+        return dtype
 
     #: Whether prediction runs the trainable stages and the head under the
     #: precision's autocast too; else only the frozen stages do (see FineTuneNetwork).
     _autocast_head = True
 
     def _predict_dtype(self) -> torch.dtype:
-        return self._compute_dtype() if self._autocast_head else torch.float32
+        dtype = self._compute_dtype()  # the frozen stages run in it whatever the head does
+        return dtype if self._autocast_head else torch.float32
 
     def initialize_module(self):
         """Build the network: pretrained backbone, frozen prefix and a new head."""
-        self._check_finetune_params()
+        check_params(self)
         n_outputs = self._n_outputs()
         seed = self.random_state if isinstance(self.random_state, Integral) else None
         spec = resolve_spec(self.backbone, self.weights, self.preprocessing, random_state=seed)
@@ -192,7 +176,11 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
         backbone = load_backbone(spec)
         head = make_head(self.head, spec.feature_dim, n_outputs, self.dropout)
         self.module_ = FineTuneNetwork(
-            backbone.stages, head, n_frozen, precision=self._compute_dtype(), pool=backbone.pool
+            backbone.stages,
+            head,
+            n_frozen,
+            precision=self._compute_dtype(),
+            pool=backbone.pool,
         ).to(memory_format=torch.channels_last)
         self.spec_ = spec
         self.stages_ = spec.stages
@@ -228,8 +216,8 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
 
     def _initialize_optimizer(self, reason=None):
         super()._initialize_optimizer(reason)
-        # skorch's own "lr" setter gives every group the same rate; keep the backbone's scale.
-        self._register_virtual_param("lr", _set_scaled_lr)
+        # skorch's own setter gives every group the same rate; keep the backbone's scale.
+        self._register_virtual_param(["lr", "optimizer__*", "backbone_lr_scale"], set_learning_rate)
         return self
 
     def check_data(self, X, y):
@@ -273,6 +261,7 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
         -------
         self : object
         """
+        check_params(self)
         with self._seeded():
             fresh = not self.warm_start or not self.initialized_ or self._network_params_changed()
             if fresh:
@@ -302,6 +291,7 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
         -------
         self : object
         """
+        check_params(self)
         images = ImageCollection(X)
         if len(np.asarray(y)) != len(images):
             raise ValueError(f"X has {len(images)} images but y has {len(np.asarray(y))} targets")
@@ -321,6 +311,7 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         """skorch's loop, after ``warmup_epochs`` of training the head alone."""
+        self._compute_dtype()  # trains in the current precision
         warmup = self._warmup_epochs_pending()
         self._warmup_pending = False
         if warmup:

@@ -15,6 +15,7 @@ from torch import nn
 
 from ._base import FineTuneBase
 from ._docs import compose_doc
+from ._params import check_params
 from ._targets import encode_targets, learn_targets
 
 
@@ -107,10 +108,11 @@ class FineTuneClassifier(FineTuneBase, NeuralNetClassifier):
     ('stem', 'block0', 'block1')
     """
 
-    _finetune_constraints = {
-        **FineTuneBase._finetune_constraints,
+    _parameter_constraints = {
+        **FineTuneBase._parameter_constraints,
         "class_weight": [StrOptions({"balanced"}), dict, None],
         "label_smoothing": [Interval(Real, 0, 1, closed="left")],
+        "classes": ["array-like", None],
     }
 
     def __init__(
@@ -201,12 +203,44 @@ class FineTuneClassifier(FineTuneBase, NeuralNetClassifier):
                 )
         return len(self.classes_)
 
-    def _learn_targets(self, y):
+    def _learn_targets(self, y, classes=None):
         """Set ``classes_``, ``multilabel_`` and ``class_weight_`` from ``y`` (and ``classes``)."""
         classes, self.multilabel_, self.class_weight_ = learn_targets(
-            y, self.classes, self.class_weight
+            y, self.classes if classes is None else classes, self.class_weight
         )
         self.classes_inferred_ = classes
+
+    def partial_fit(self, X, y, classes=None, **fit_params):
+        """Train the current network further (build it first if needed).
+
+        Parameters
+        ----------
+        X : collection of images
+        y : array-like of shape (n_samples,) or (n_samples, n_labels)
+            Labels among ``classes_``.
+        classes : array-like, default=None
+            As scikit-learn's ``partial_fit``: on the first call, every label
+            any later call may give (default: the ``classes`` parameter, else
+            the labels of ``y``); on later calls, None or the same labels.
+        **fit_params : dict
+            Passed to ``train_split``.
+
+        Returns
+        -------
+        self : FineTuneClassifier
+        """
+        check_params(self)
+        if classes is not None and self.initialized_:
+            if not np.array_equal(np.asarray(classes), self.classes_):
+                raise ValueError(
+                    f"classes={np.asarray(classes).tolist()} differs from classes_ "
+                    f"{self.classes_.tolist()}, set by the first fit or partial_fit; "
+                    "fit again to start afresh with other classes"
+                )
+        elif classes is not None:
+            self._learn_targets(y, classes)
+            self.initialize()
+        return super().partial_fit(X, y, **fit_params)
 
     def _encode_targets(self, y) -> np.ndarray:
         """Class indices (int64), or the 0/1 matrix as float32 for multi-label."""

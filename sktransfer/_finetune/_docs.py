@@ -50,7 +50,10 @@ warmup_epochs : int, default=0
     "backbone_lr_scale": """\
 backbone_lr_scale : float, default=0.1
     Learning rate of the trainable backbone stages relative to ``lr``,
-    the head's; pretrained weights need smaller steps than a new head.""",
+    the head's; pretrained weights need smaller steps than a new head.
+    The scale holds however the rate is set: ``lr`` or ``optimizer__lr``,
+    before or after ``fit`` (then for ``warm_start`` fits and
+    ``partial_fit``).""",
     "augment": """\
 augment : bool, default=False
     Train on random resized crops and horizontal flips (torchvision v2),
@@ -71,7 +74,10 @@ decode : {"fast", "full"}, default="fast"
 precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
     Compute precision of the frozen stages and of prediction, as the
     featurizer's: ``"auto"`` is bf16 (or fp16) autocast on CUDA and fp32
-    on CPU. Trainable stages and the head train in float32.""",
+    on CPU. Trainable stages and the head train in float32. Set after
+    ``fit``, it applies from the next ``predict`` or ``fit``; a pickled
+    ``"auto"`` model computes in what ``"auto"`` means where it is
+    loaded (fp32 on a CPU).""",
     "engine": """\
 engine : {"torch", "onnxruntime"}, default="torch"
     What computes the frozen stages' outputs when they are computed once

@@ -161,7 +161,8 @@ class FineTuneRegressor(FineTuneBase, NeuralNetRegressor):
 
     def _learn_targets(self, y):
         """Set ``n_outputs_``, ``y_mean_`` and ``y_scale_`` from ``y``."""
-        y = check_regression_targets(y).reshape(len(y), -1)
+        y = check_regression_targets(y)
+        y = y.reshape(len(y), -1)
         self.n_outputs_ = y.shape[1]
         self.y_mean_ = y.mean(axis=0)
         scale = y.std(axis=0)

@@ -80,6 +80,11 @@ def learn_targets(y, classes=None, class_weight=None):
                 f"classes has {len(classes)} names but the multi-label y has {y.shape[1]} columns"
             )
         return classes, True, None
+    if type_of_target(y) == "continuous":
+        raise ValueError(
+            "Unknown label type: continuous. y holds fractional numbers, which a "
+            "classifier cannot take as class labels; to predict numbers, use FineTuneRegressor"
+        )
     classes = np.unique(y) if classes is None else np.asarray(classes)
     if len(classes) < 2:
         raise ValueError(
@@ -111,7 +116,9 @@ def encode_targets(y, classes, multilabel: bool) -> np.ndarray:
     if len(unknown):
         raise ValueError(
             f"y has labels not in classes_ {np.asarray(classes).tolist()}: "
-            f"{np.unique(y[unknown]).tolist()[:10]} (samples {unknown[:10].tolist()})"
+            f"{np.unique(y[unknown]).tolist()[:10]} (samples {unknown[:10].tolist()}). "
+            "The classes are fixed by the first fit: to add labels later, give them all "
+            "up front, as the classes= parameter or partial_fit's classes= on its first call"
         )
     return encoded
 
@@ -124,6 +131,8 @@ def check_regression_targets(y) -> np.ndarray:
             "y must be a non-empty 1-D array of numbers, or 2-D with one column per output; "
             f"got shape {y.shape}"
         )
+    if y.dtype.kind == "c":
+        raise ValueError("Complex data not supported: y must hold real numbers for regression")
     if y.dtype.kind in "OUS":
         for index, value in enumerate(y.ravel().tolist()):
             try:
