@@ -28,6 +28,7 @@ import torch
 
 from .._images import ImageCollection, InvalidImageError
 from .._keys import content_hash, feature_key
+from .._loading import decode_threads
 
 # Version of how kept images are made, in their keys: bump it when that changes.
 _KEPT_FORMAT = "kept-image-1"
@@ -189,7 +190,7 @@ class DecodedImages:
         indices : iterable of int, default=None
         threads : int, default=None
             Threads that decode (Pillow and torch release the GIL while they
-            decode and resize); None: as many as torch computes with.
+            decode and resize); None: :func:`~sktransfer._loading.decode_threads`.
 
         Raises
         ------
@@ -200,7 +201,7 @@ class DecodedImages:
         missing = [i for i in indices if i not in self._kept]
         found = self._from_store([i for i in missing if self._storable(i)])
         todo = [i for i in missing if i not in found]
-        threads = max(1, torch.get_num_threads()) if threads is None else threads
+        threads = decode_threads() if threads is None else threads
         failures, decoded = [], []
         with ThreadPoolExecutor(threads, thread_name_prefix="sktransfer-decode") as pool:
             for index, (image, failure) in zip(todo, pool.map(self._try_decode, todo)):
