@@ -2,8 +2,9 @@
 
 The process-wide memory LRU (``_memory_store``) and the on-disk SQLite store
 (``_disk_store``) share one interface: ``get_many(keys)``, ``put_many(keys,
-rows)``, ``clear()``, ``len(store)`` and ``nbytes``; both keep vectors under
-the keys of ``_keys.feature_key``.
+rows)``, ``get_arrays(keys)``, ``put_arrays(keys, arrays)`` (n-d arrays such
+as decoded images, apart from the rows), ``clear()``, ``len(store)`` and
+``nbytes``; both keep them under the keys of ``_keys.feature_key``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ class CacheInfo(NamedTuple):
     Attributes
     ----------
     entries : int
-        Number of stored feature vectors.
+        Number of stored feature vectors, and of the images a fine-tuner
+        keeps decoded there.
     nbytes : int
         Memory store: bytes of the stored vectors. Disk store: bytes of its
         database files on disk.
@@ -112,7 +114,7 @@ def _existing(store):
 
 
 def cache_info(cache="memory") -> CacheInfo:
-    """How many feature vectors a cache holds, and how many bytes.
+    """How many feature vectors (and kept images) a cache holds, and how many bytes.
 
     Parameters
     ----------
@@ -148,7 +150,7 @@ def cache_info(cache="memory") -> CacheInfo:
 
 
 def clear_cache(cache="memory") -> None:
-    """Remove every cached feature vector from a cache.
+    """Remove every cached feature vector and kept image from a cache.
 
     Parameters
     ----------

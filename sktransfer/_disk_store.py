@@ -1,7 +1,8 @@
 """The on-disk store: feature vectors in SQLite, shared by processes and sessions.
 
 Nothing is pickled: a stored feature is its float32 bytes, little-endian,
-with a checksum.
+with a checksum. Other arrays (the fine-tuner's decoded uint8 images) sit in
+a table of their own as dtype, shape and raw bytes, with a checksum.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._keys import as_rows
+from ._keys import as_arrays, as_rows
 from ._permissions import check_private
 from ._store_schema import UnusableDatabase, ensure_schema, identify, write_transaction
 
@@ -132,8 +133,13 @@ class DiskStore:
         return total
 
     def __len__(self) -> int:
-        count = self._run(lambda db: db.execute("SELECT count(*) FROM features").fetchone())
-        return 0 if count is None else count[0]
+        """Stored feature vectors and arrays."""
+
+        def count(db):
+            tables = ["features"] + (["arrays"] if _has_arrays_table(db) else [])
+            return sum(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables)
+
+        return self._run(count, 0)
 
     def get_many(self, keys) -> list[np.ndarray | None]:
         """Stored vectors of ``keys``; None where absent, damaged or unreadable.
@@ -147,10 +153,28 @@ class DiskStore:
         rows : list of ndarray or None
             One 1-D float32 array (read-only) or None per key, in order.
         """
+        return self._lookup(keys, _select)
+
+    def get_arrays(self, keys) -> list[np.ndarray | None]:
+        """Stored arrays of ``keys`` (see :meth:`put_arrays`); None where absent or damaged.
+
+        Parameters
+        ----------
+        keys : iterable of str
+
+        Returns
+        -------
+        arrays : list of ndarray or None
+            One read-only array or None per key, in order, with the dtype
+            and shape it was stored with.
+        """
+        return self._lookup(keys, _select_arrays)
+
+    def _lookup(self, keys, select) -> list:
         keys = list(keys)
         try:
             found, damaged = self._run(
-                lambda db: _select(db, keys, delete_damaged=not self._read_only), ({}, 0)
+                lambda db: select(db, keys, delete_damaged=not self._read_only), ({}, 0)
             )
         except sqlite3.OperationalError as exc:
             self._warn_once(
@@ -197,6 +221,31 @@ class DiskStore:
                 "write", f"could not write to the feature cache {self.path} ({exc}); not cached"
             )
 
+    def put_arrays(self, keys, arrays) -> None:
+        """Store ``arrays[i]`` under ``keys[i]`` in one transaction, replacing old ones.
+
+        Parameters
+        ----------
+        keys : sequence of str
+        arrays : sequence of ndarray
+            Of any shape and numeric dtype (bool, int, float), stored as that
+            dtype (little-endian), the shape and the raw bytes.
+        """
+        keys, arrays = as_arrays(keys, arrays)
+        records = []
+        for key, array in zip(keys, arrays):
+            array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+            dtype, shape, data = array.dtype.str, ",".join(map(str, array.shape)), array.tobytes()
+            records.append((key, dtype, shape, data, _array_checksum(key, dtype, shape, data)))
+        if not records:
+            return
+        try:
+            self._run(lambda db: None if self._read_only else _insert_arrays(db, records))
+        except sqlite3.OperationalError as exc:
+            self._warn_once(
+                "write", f"could not write to the feature cache {self.path} ({exc}); not cached"
+            )
+
     def model_digest(self, key: str) -> bytes | None:
         """The sha256 recorded for the exported model of ``key``; None if there is none."""
 
@@ -227,12 +276,13 @@ class DiskStore:
             self._warn_once("write", f"could not write to the feature cache {self.path} ({exc})")
 
     def clear(self) -> None:
-        """Delete every vector and model record and give the space back to the file system."""
+        """Delete every vector, array and model record; give the space back to the file system."""
 
         def delete_all(db):
             with write_transaction(db):
                 db.execute("DELETE FROM features")
                 db.execute("DELETE FROM models")
+                db.execute("DELETE FROM arrays")
             db.execute("VACUUM")
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
@@ -485,5 +535,70 @@ def _insert(db: sqlite3.Connection, records: list[tuple]) -> None:
     with write_transaction(db):
         db.executemany(
             "INSERT OR REPLACE INTO features (key, dim, data, checksum) VALUES (?, ?, ?, ?)",
+            records,
+        )
+
+
+def _has_arrays_table(db: sqlite3.Connection) -> bool:
+    # A read-only store written before the table existed has none.
+    query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'arrays'"
+    return db.execute(query).fetchone() is not None
+
+
+def _array_checksum(key: str, dtype: str, shape: str, data: bytes) -> bytes:
+    digest = hashlib.sha256(f"{key}\0{dtype}\0{shape}\0".encode())
+    digest.update(data)
+    return digest.digest()
+
+
+def _array_from_record(key, dtype, shape, data, checksum) -> np.ndarray | None:
+    """The stored array, or None when the record is damaged (columns are loosely typed)."""
+    if not (isinstance(key, str) and isinstance(dtype, str) and isinstance(shape, str)):
+        return None
+    if not isinstance(data, bytes) or checksum != _array_checksum(key, dtype, shape, data):
+        return None
+    try:
+        kind = np.dtype(dtype)  # a dtype string names a layout; it never unpickles anything
+        dims = [int(d) for d in shape.split(",")] if shape else []
+    except (TypeError, ValueError):
+        return None
+    if kind.kind not in "biuf" or min(dims, default=0) < 0:
+        return None
+    if len(data) != kind.itemsize * int(np.prod(dims, dtype=np.int64)):
+        return None
+    return np.frombuffer(data, kind).reshape(dims)
+
+
+def _select_arrays(
+    db: sqlite3.Connection, keys: list[str], delete_damaged: bool = True
+) -> tuple[dict[str, np.ndarray], int]:
+    """Intact arrays of ``keys`` by key, and how many damaged ones were found (and deleted)."""
+    if not _has_arrays_table(db):
+        return {}, 0
+    found, damaged = {}, []
+    unique = list(dict.fromkeys(keys))
+    for start in range(0, len(unique), _KEYS_PER_QUERY):
+        chunk = unique[start : start + _KEYS_PER_QUERY]
+        query = (
+            "SELECT key, dtype, shape, data, checksum FROM arrays "
+            f"WHERE key IN ({','.join('?' * len(chunk))})"
+        )
+        for record in db.execute(query, chunk):
+            array = _array_from_record(*record)
+            if array is None:
+                damaged.append((record[0], record[-1]))
+            else:
+                found[record[0]] = array
+    if damaged and delete_damaged:
+        with write_transaction(db):
+            db.executemany("DELETE FROM arrays WHERE key = ? AND checksum IS ?", damaged)
+    return found, len(damaged)
+
+
+def _insert_arrays(db: sqlite3.Connection, records: list[tuple]) -> None:
+    with write_transaction(db):
+        db.executemany(
+            "INSERT OR REPLACE INTO arrays (key, dtype, shape, data, checksum) "
+            "VALUES (?, ?, ?, ?, ?)",
             records,
         )

@@ -4,7 +4,7 @@ A frozen backbone is a fixed function, so an image's features need computing
 once. Each feature vector is stored under :func:`feature_key`, which joins the
 identity of the backbone (weights, preprocessing, precision) with
 :func:`content_hash` of the image's bytes or pixels. Stores take rows under
-keys as :func:`as_rows` checks them.
+keys as :func:`as_rows` checks them, and other arrays as :func:`as_arrays` does.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import sys
 
 import numpy as np
 
+from ._images import EXIF_ORIENTATION
+
 # Bump when hashing or key layout changes, so older entries can never match.
 _CONTENT_VERSION = b"sktransfer-content-1\0"
 _KEY_VERSION = "sktransfer-feature-1"
 _FILE_CHUNK_BYTES = 1 << 20
-_EXIF_ORIENTATION = 0x0112
 
 
 class _NoContent(Exception):
@@ -133,7 +134,7 @@ def _hash_pil_image(digest, image) -> None:
         raise _NoContent from None
     palette = image.getpalette(rawmode=None)
     header = (image.mode, image.size, image.info.get("transparency"), palette is not None)
-    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     if orientation != 1:  # decoding turns the image upright; unrotated images keep their keys
         header += (f"orientation={orientation}",)
     digest.update(f"pil\0{header!r}\0".encode())
@@ -153,3 +154,16 @@ def as_rows(keys, rows) -> tuple[list[str], np.ndarray]:
             f"got {rows.shape}"
         )
     return keys, rows
+
+
+def as_arrays(keys, arrays) -> tuple[list[str], list[np.ndarray]]:
+    """Check keys and n-d arrays for a store: one numeric array (bool, int, float) per key."""
+    keys, arrays = list(keys), [np.asarray(array) for array in arrays]
+    if not all(isinstance(key, str) for key in keys):
+        raise TypeError("feature cache keys must be str")
+    if len(arrays) != len(keys):
+        raise ValueError(f"expected {len(keys)} arrays for {len(keys)} keys; got {len(arrays)}")
+    for array in arrays:
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"a stored array must be numeric (bool, int, float); got {array.dtype}")
+    return keys, arrays

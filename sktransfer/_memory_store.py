@@ -1,4 +1,9 @@
-"""The process-wide memory store: a thread-safe LRU of feature vectors, bounded in bytes."""
+"""The process-wide memory store: a thread-safe LRU of feature vectors, bounded in bytes.
+
+Beside the float32 feature vectors it keeps n-d arrays of any numeric dtype
+(the fine-tuner's decoded uint8 images) under their own keys, in the same LRU
+and byte bound.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +14,20 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ._keys import as_rows
+from ._keys import as_arrays, as_rows
 
 #: Bound of the process-wide memory store unless :func:`set_memory_limit` changes it.
 DEFAULT_MEMORY_BYTES = 1 << 30
 
 
 class MemoryStore:
-    """Thread-safe LRU of float32 feature vectors, bounded in bytes.
+    """Thread-safe LRU of float32 feature vectors (and other arrays), bounded in bytes.
 
     Parameters
     ----------
     max_bytes : int
-        Bound on the bytes of the stored vectors (their ``nbytes``; keys and
-        Python objects are not counted). When a ``put_many`` goes over it,
+        Bound on the bytes of the stored vectors and arrays (their
+        ``nbytes``; keys and Python objects are not counted). When a ``put_many`` goes over it,
         the least recently used vectors are evicted; a vector larger than the
         bound is not stored.
 
@@ -34,7 +39,8 @@ class MemoryStore:
 
     def __init__(self, max_bytes: int):
         self._lock = threading.Lock()
-        self._rows: OrderedDict[str, np.ndarray] = OrderedDict()  # least recently used first
+        # Least recently used first; arrays under ("array", key), so they never answer get_many.
+        self._rows: OrderedDict[str | tuple[str, str], np.ndarray] = OrderedDict()
         self._nbytes = 0
         self.max_bytes = max_bytes
 
@@ -75,6 +81,23 @@ class MemoryStore:
         rows : list of ndarray or None
             One read-only 1-D float32 array or None per key, in order.
         """
+        return self._get(keys)
+
+    def get_arrays(self, keys) -> list[np.ndarray | None]:
+        """Stored arrays of ``keys`` (None where absent); hits become most recent.
+
+        Parameters
+        ----------
+        keys : iterable of str
+
+        Returns
+        -------
+        arrays : list of ndarray or None
+            One read-only array or None per key, in order, as it was stored.
+        """
+        return self._get([("array", key) for key in keys])
+
+    def _get(self, keys) -> list[np.ndarray | None]:
         found = []
         with self._lock:
             for key in keys:
@@ -94,12 +117,31 @@ class MemoryStore:
             Converted to float32 and copied.
         """
         keys, rows = as_rows(keys, rows)
+        # Copy, so that a stored row does not keep the caller's whole batch alive.
+        self._put(keys, [row.copy() for row in rows])
+
+    def put_arrays(self, keys, arrays) -> None:
+        """Store ``arrays[i]`` under ``keys[i]``, then evict down to the bound.
+
+        Parameters
+        ----------
+        keys : sequence of str
+        arrays : sequence of ndarray
+            Of any shape and numeric dtype. A read-only array that owns its
+            memory is stored as it is (so a caller keeping it holds no second
+            copy); any other is copied.
+        """
+        keys, arrays = as_arrays(keys, arrays)
+        self._put(
+            [("array", key) for key in keys],
+            [a if a.base is None and not a.flags.writeable else a.copy() for a in arrays],
+        )
+
+    def _put(self, keys, rows) -> None:
         with self._lock:
             for key, row in zip(keys, rows):
                 if row.nbytes > self._max_bytes:
                     continue
-                # Copy, so that a stored row does not keep the caller's whole batch alive.
-                row = row.copy()
                 row.flags.writeable = False
                 old = self._rows.pop(key, None)
                 self._nbytes += row.nbytes - (0 if old is None else old.nbytes)

@@ -33,6 +33,16 @@ CREATE TABLE IF NOT EXISTS models (
     sha256 BLOB NOT NULL
 )
 """,
+    # Arrays other than feature vectors (the fine-tuner's decoded images): dtype, shape, bytes.
+    "arrays": """
+CREATE TABLE IF NOT EXISTS arrays (
+    key TEXT PRIMARY KEY,
+    dtype TEXT NOT NULL,
+    shape TEXT NOT NULL,
+    data BLOB NOT NULL,
+    checksum BLOB NOT NULL
+)
+""",
 }
 
 

@@ -1,4 +1,5 @@
-"""Image transforms for training and test-time augmentation, built from torchvision v2.
+"""Image transforms, built from torchvision v2: the evaluation transform, its
+test-time views and training augmentation, and the size images are decoded to.
 
 Every transform maps a decoded uint8 ``(H, W, 3)`` image to a normalised
 float32 ``(3, S, S)`` tensor, sized and normalised by a backbone's
@@ -7,6 +8,7 @@ float32 ``(3, S, S)`` tensor, sized and normalised by a backbone's
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +28,35 @@ TTA_VIEWS = {
     ),
 }
 _FIVE_CROP_ORDER = ("top_left", "top_right", "bottom_left", "bottom_right", "center")
+# Longest side kept, in shorter sides: the crop never sees more of an elongated image.
+_MAX_ASPECT = 4
+
+#: ``decode="fast"`` decodes files to a shorter side of at least this many
+#: times the resize size (see :func:`decode_min_side`).
+FAST_DECODE_FACTOR = 4
+
+DECODES = ("fast", "full")
+
+
+def decode_min_side(preprocessing, decode: str = "fast") -> int | None:
+    """The shorter side that files are decoded to for ``preprocessing``.
+
+    Parameters
+    ----------
+    preprocessing : Preprocessing
+    decode : {"fast", "full"}, default="fast"
+        ``"fast"``: :data:`FAST_DECODE_FACTOR` times ``resize_size``, so a
+        JPEG decodes at a DCT scale whose features match the full decode's;
+        ``"full"``: None, a full decode (the exact reference pipeline).
+
+    Returns
+    -------
+    min_side : int or None
+        For :class:`~sktransfer._images.ImageCollection`.
+    """
+    if decode not in DECODES:
+        raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
+    return None if decode == "full" else FAST_DECODE_FACTOR * preprocessing.resize_size
 
 
 def train_augmentation(preprocessing, scale=(0.08, 1.0)):
@@ -63,6 +94,88 @@ def train_augmentation(preprocessing, scale=(0.08, 1.0)):
     )
 
 
+def eval_transform(preprocessing, crop: str = "center", flip: bool = False):
+    """The evaluation transform of ``preprocessing``, or one of its test-time views.
+
+    Resize the shorter side to ``resize_size`` (both sides with
+    ``crop_mode="squash"``), keep an ``input_size`` square, mirror it when
+    ``flip``, scale to [0, 1] and normalise: with the centre crop, exactly
+    torchvision's and timm's evaluation transform.
+
+    Parameters
+    ----------
+    preprocessing : Preprocessing
+    crop : {"center", "top_left", "top_right", "bottom_left", "bottom_right"}, default="center"
+        Which square of the resized image is kept (the corners are
+        torchvision's ``FiveCrop``).
+    flip : bool, default=False
+        Mirror the crop left to right.
+
+    Returns
+    -------
+    transform : torchvision.transforms.v2.Compose
+        Maps a uint8 ``(H, W, 3)`` array to a float32 ``(3, S, S)`` tensor.
+    """
+    return _eval_transform(preprocessing, crop, flip)
+
+
+@functools.lru_cache(maxsize=64)
+def _eval_transform(preprocessing, crop: str, flip: bool):
+    from torchvision.transforms import v2
+
+    p = preprocessing
+    size = [p.input_size, p.input_size]
+    return v2.Compose(
+        [
+            _centre_of_elongated,
+            _as_image,
+            v2.Resize(
+                [p.resize_size] * (2 if p.crop_mode == "squash" else 1),
+                interpolation=v2.InterpolationMode(p.interpolation),
+                antialias=True,
+            ),
+            v2.CenterCrop(size) if crop == "center" else _Corner(crop, size),
+            *([v2.RandomHorizontalFlip(p=1.0)] if flip else []),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(p.mean, p.std),
+            v2.ToPureTensor(),
+        ]
+    )
+
+
+def _centre_of_elongated(rgb: np.ndarray) -> np.ndarray:
+    """Only the centre of a very elongated image is kept: cut the rest before
+    resizing, so that resizing it cannot take unbounded memory."""
+    height, width = rgb.shape[:2]
+    keep = _MAX_ASPECT * min(height, width)
+    if height > keep:
+        return rgb[(height - keep) // 2 :][:keep]
+    if width > keep:
+        return rgb[:, (width - keep) // 2 :][:, :keep]
+    return rgb
+
+
+def _as_image(rgb: np.ndarray):
+    """A (3, H, W) view of a copy of the (H, W, 3) pixels: channels-last memory,
+    which torch's uint8 resize reads fastest (``v2.ToImage`` would copy again)."""
+    from torchvision import tv_tensors
+
+    return tv_tensors.Image(torch.from_numpy(np.array(rgb)).permute(2, 0, 1))
+
+
+@dataclass(frozen=True)
+class _Corner:
+    """One corner square of torchvision's ``FiveCrop``."""
+
+    crop: str
+    size: list
+
+    def __call__(self, image):
+        import torchvision.transforms.v2.functional as F
+
+        return F.five_crop(image, self.size)[_FIVE_CROP_ORDER.index(self.crop)]
+
+
 @dataclass(frozen=True)
 class EvalView:
     """One deterministic view of an image for test-time augmentation.
@@ -87,24 +200,7 @@ class EvalView:
         return self.crop + ("-flip" if self.flip else "")
 
     def __call__(self, rgb: np.ndarray) -> torch.Tensor:
-        import torchvision.transforms.v2.functional as F
-
-        if self.crop == "center":
-            image = self.preprocessing(rgb)
-        else:
-            p = self.preprocessing
-            image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-            image = F.resize(
-                image,
-                [p.resize_size],
-                interpolation=F.InterpolationMode(p.interpolation),
-                antialias=True,
-            )
-            image = F.five_crop(image, [p.input_size, p.input_size])
-            image = image[_FIVE_CROP_ORDER.index(self.crop)]
-            image = F.normalize(image.float().div_(255), p.mean, p.std)
-        # Mirroring commutes with per-channel normalisation, so it can come last.
-        return F.horizontal_flip(image) if self.flip else image
+        return eval_transform(self.preprocessing, self.crop, self.flip)(rgb)
 
 
 def eval_views(preprocessing, tta) -> list[EvalView]:

@@ -18,7 +18,7 @@ from torch import nn
 from sktransfer import PretrainedFeaturizer
 from sktransfer._backbones import resolve_spec
 from sktransfer._cache import cache_info
-from sktransfer._finetune import FineTuneClassifier, _frozen
+from sktransfer._finetune import FineTuneClassifier, _decoded, _frozen
 from sktransfer._layers import stage_widths
 from tests.test_finetune import TINY, colour_images, make_backbone
 
@@ -144,7 +144,7 @@ class TestFrozenOutputsInTheStore:
         truth = clf.predict_proba(np.stack([red, blue]))
         path = tmp_path / "photo.png"
         Image.fromarray(red).save(path)
-        real_hash, calls = _frozen.content_hash, []
+        real_hash, calls = _decoded.content_hash, []
 
         def hash_then_replace(item):
             # The first call is the store lookup; the file changes right after it.
@@ -155,7 +155,7 @@ class TestFrozenOutputsInTheStore:
             return digest
 
         clf.set_params(cache=str(tmp_path / "store"))
-        monkeypatch.setattr(_frozen, "content_hash", hash_then_replace)
+        monkeypatch.setattr(_decoded, "content_hash", hash_then_replace)
         np.testing.assert_allclose(clf.predict_proba([path])[0], truth[1], atol=1e-6)
         monkeypatch.undo()
         # The red photo back: its outputs are its own, not the blue one's stored under its key.

@@ -1,5 +1,7 @@
 """Image input: every accepted kind decodes to RGB, every bad sample is named."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -323,3 +325,79 @@ def test_pil_images_passed_in_are_turned_upright(tmp_path):
         out = ImageCollection([opened]).load(0)
     assert np.array_equal(out, _decode_file(tmp_path / "r.jpg"))
     assert out.shape == (60, 20, 3) and out[:30].mean() > 200
+
+
+class TestReducedDecode:
+    """``min_side``: a large JPEG decodes at a libjpeg DCT scale; nothing else changes."""
+
+    @staticmethod
+    def _jpeg(path, photo, size, **kwargs):
+        Image.fromarray(photo).resize(size, Image.BILINEAR).save(path, quality=95, **kwargs)
+        return str(path)
+
+    def test_large_jpeg_decodes_at_the_smallest_scale_keeping_min_side(self, tmp_path, photos):
+        path = self._jpeg(tmp_path / "big.jpg", photos[1], (1600, 1200))
+        full = ImageCollection([path]).load(0)
+        for min_side, shape in ((300, (300, 400)), (301, (600, 800)), (700, (1200, 1600))):
+            reduced = ImageCollection([path], min_side=min_side).load(0)
+            assert reduced.shape == (*shape, 3) and reduced.dtype == np.uint8
+            # The same picture: a DCT-scaled decode is close to the full decode box-reduced.
+            scale = 1200 // shape[0]
+            boxed = np.asarray(Image.fromarray(full).reduce(scale), dtype=float)
+            assert np.abs(reduced - boxed).mean() < 3
+
+    def test_exif_rotated_large_jpeg_decoded_reduced_is_upright(self, tmp_path):
+        wide = np.zeros((800, 1600, 3), np.uint8)
+        wide[:, :800] = 255  # left half white
+        exif = Image.Exif()
+        exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+        path = tmp_path / "r.jpg"
+        Image.fromarray(wide).save(path, exif=exif, quality=95)
+        out = ImageCollection([str(path)], min_side=200).load(0)
+        assert out.shape == (400, 200, 3)  # 1/4 of the upright 1600x800
+        assert out[:190].mean() > 240 and out[210:].mean() < 15  # left half is now on top
+
+    def test_cmyk_and_grayscale_large_jpegs_decode_reduced_to_rgb(self, tmp_path, photos):
+        for mode in ("CMYK", "L"):
+            path = tmp_path / f"{mode}.jpg"
+            Image.fromarray(photos[0]).resize((1200, 800)).convert(mode).save(path, quality=95)
+            full = ImageCollection([str(path)]).load(0)
+            out = ImageCollection([str(path)], min_side=200).load(0)
+            assert out.shape == (200, 300, 3) and out.dtype == np.uint8
+            boxed = np.asarray(Image.fromarray(full).reduce(4), dtype=float)
+            assert np.abs(out - boxed).mean() < 3, mode
+
+    def test_pixel_limit_applies_to_the_full_size(self, tmp_path, photos, monkeypatch):
+        path = self._jpeg(tmp_path / "big.jpg", photos[0], (800, 600))
+        monkeypatch.setattr("sktransfer._images.MAX_PIXELS", 100_000)
+        with pytest.raises(InvalidImageError, match="decompression bomb"):
+            ImageCollection([path], min_side=60).load(0)
+
+    def test_large_png_is_box_reduced_after_decoding(self, tmp_path, photos):
+        path = tmp_path / "big.png"
+        Image.fromarray(photos[1]).resize((1600, 1200)).save(path)
+        full = ImageCollection([str(path)]).load(0)
+        reduced = ImageCollection([str(path)], min_side=390).load(0)
+        assert np.array_equal(reduced, np.asarray(Image.fromarray(full).reduce(3)))
+
+    def test_small_files_and_in_memory_images_decode_in_full(self, tmp_path, photos):
+        small = self._jpeg(tmp_path / "small.jpg", photos[1], (500, 375))
+        deep = tmp_path / "deep.png"  # 16-bit: decoded in full, then scaled
+        Image.fromarray(np.arange(1200 * 1600).reshape(1200, 1600).astype(np.uint16)).save(deep)
+        samples = [[small], [str(deep)], [photos[1]], [Image.fromarray(photos[1])]]
+        for X in samples:
+            assert np.array_equal(
+                ImageCollection(X, min_side=256).load(0), ImageCollection(X).load(0)
+            )
+
+    def test_decode_identity_names_the_reduced_decode_of_files_only(self, tmp_path, photos):
+        path = self._jpeg(tmp_path / "a.jpg", photos[1], (500, 375))
+        assert ImageCollection([path]).decode_identity == "full"
+        assert ImageCollection([path], min_side=512).decode_identity == "reduced-1:512"
+        data = Path(path).read_bytes()
+        assert ImageCollection([data], min_side=512).decode_identity == "reduced-1:512"
+        # In-memory samples always decode in full, so their entries serve either way.
+        assert ImageCollection(photos[:1], min_side=512).decode_identity == "full"
+        assert ImageCollection(np.stack([photos[1]] * 2), min_side=512).decode_identity == "full"
+        images = ImageCollection([path], min_side=512)
+        assert images.decoded_at(None).decode_identity == "full" and images.min_side == 512

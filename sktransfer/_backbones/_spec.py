@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._transforms import eval_transform
 from .._weights import WeightsSource
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -26,9 +27,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Version of how features are computed from a spec. Bump it whenever the
 #: library changes that (architecture, cut, pooling), so old cache entries miss.
 #: 2: EfficientNet-Lite built as the TF port; pre-logits of the model's own head.
-FEATURE_FORMAT = 2
+#: 3: large JPEGs decoded reduced by default (``decode="fast"``); the eval
+#: transform built from torchvision v2 (pixels scaled by 1/255, as v2 does).
+FEATURE_FORMAT = 3
 
-_MAX_ASPECT = 4
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
@@ -97,30 +99,10 @@ class Preprocessing:
         """Turn a uint8 (H, W, 3) image into a normalised float32 (3, S, S) tensor.
 
         Resize the shorter side to ``resize_size``, then crop the centre
-        ``input_size`` square, exactly as torchvision and timm evaluate.
+        ``input_size`` square, exactly as torchvision and timm evaluate
+        (:func:`sktransfer._transforms.eval_transform`).
         """
-        import torchvision.transforms.v2.functional as F
-
-        height, width = rgb.shape[:2]
-        short, long = sorted((height, width))
-        if long > _MAX_ASPECT * short:
-            # Only the centre of a very elongated image is kept: cut the rest
-            # first, so resizing it cannot take unbounded memory.
-            keep = _MAX_ASPECT * short
-            if height > width:
-                rgb = rgb[(height - keep) // 2 :][:keep]
-            else:
-                rgb = rgb[:, (width - keep) // 2 :][:, :keep]
-        image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
-        size = [self.resize_size] * (2 if self.crop_mode == "squash" else 1)
-        image = F.resize(
-            image,
-            size,
-            interpolation=F.InterpolationMode(self.interpolation),
-            antialias=True,
-        )
-        image = F.center_crop(image, [self.input_size, self.input_size])
-        return F.normalize(image.float().div_(255), self.mean, self.std)
+        return eval_transform(self)(rgb)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from .._images import ImageCollection, InvalidImageError
 from .._inference import run_batches
 from .._transforms import EvalView, eval_views
 from ._callbacks import EpochProgress
+from ._decoded import DecodedImages
 from ._frozen import ActivationDataset, FrozenDatasetsMixin
 from ._network import FineTuneNetwork, frozen_stage_count, make_head, param_groups
 from ._params import (
@@ -63,6 +64,7 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
         backbone_lr_scale,
         augment,
         tta,
+        decode,
         precision,
         engine,
         cache,
@@ -81,6 +83,7 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
         self.backbone_lr_scale = backbone_lr_scale
         self.augment = augment
         self.tta = tta
+        self.decode = decode
         self.precision = precision
         self.engine = engine
         self.cache = cache
@@ -294,6 +297,9 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
             raise ValueError(f"X has {len(images)} images but y has {len(np.asarray(y))} targets")
         if not self.initialized_:
             self._learn_targets(y)
+            self.initialize()
+        # One set of decoded images for the warm-up and every epoch of this call.
+        images = self._decoded_images(images)
         return super().partial_fit(images, self._encode_targets(y), classes, **fit_params)
 
     def _warmup_epochs_pending(self) -> int:
@@ -329,14 +335,14 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
 
     def _predict_views(self, X, nonlinearity) -> np.ndarray:
         """``nonlinearity`` of the network's outputs, averaged over the views of ``tta``."""
-        images = ImageCollection(X)
+        images = self._decoded_images(X)  # each image decoded once for all the views
         views = eval_views(self.spec_.preprocessing, self.tta)
         total = 0
         for view in views:
             total = total + self._predict_view(images, view, nonlinearity)
         return total / len(views) if len(views) > 1 else total
 
-    def _predict_view(self, images: ImageCollection, view: EvalView, nonlinearity) -> np.ndarray:
+    def _predict_view(self, images: DecodedImages, view: EvalView, nonlinearity) -> np.ndarray:
         """Outputs for one view: the trainable part on cached outputs, else the network."""
         dataset = self._dataset(images, None, training=False, view=view)
         if isinstance(dataset, ActivationDataset):

@@ -59,6 +59,17 @@ augment : bool, default=False
     Train on random resized crops and horizontal flips (torchvision v2),
     sized from the preprocessing. The frozen stages then run on every
     batch of training; ``predict`` still uses the store.""",
+    "decode": """\
+decode : {"fast", "full"}, default="fast"
+    How image files are decoded, as :class:`PretrainedFeaturizer` does:
+    ``"fast"`` decodes large files at a reduced scale (JPEG's DCT scaling)
+    that keeps features within cosine 0.999 of the full decode;
+    ``"full"`` decodes every pixel, the exact reference pipeline. Either
+    way each image is decoded once per ``fit``, ``partial_fit`` or
+    ``predict`` and kept, resized as the evaluation transform resizes it
+    (``resize_size`` on the shorter side), for every epoch, warm-up and
+    test-time view; files keep it in the store ``cache``, so later fits
+    and the folds of a search decode nothing. Part of the cache key.""",
     "precision": """\
 precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
     Compute precision of the frozen stages and of prediction, as the

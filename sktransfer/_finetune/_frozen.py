@@ -8,7 +8,8 @@ store the featurizer uses; every epoch, fold, parameter setting and
 float32 rows: pooled features exactly as the featurizer stores them (so
 ``freeze="backbone"`` shares its entries), other activations prefixed with
 their shape. :class:`FrozenDatasetsMixin` gives a fine-tuner its datasets:
-these outputs when they can be reused, else the images.
+these outputs when they can be reused, else the images, each decoded once
+(:mod:`._decoded`).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from .._device import precision_name
 from .._disk_store import DiskStore
 from .._images import ImageCollection, InvalidImageError
 from .._inference import run_batches
-from .._keys import content_hash, feature_key
+from .._keys import feature_key
 from .._onnx import onnx_engine
-from .._transforms import EvalView, train_augmentation
+from .._transforms import EvalView, decode_min_side, train_augmentation
+from ._decoded import DecodedImages
 
 #: Largest set of frozen-stage outputs one ``fit`` or ``predict`` holds in
 #: memory; above it the frozen stages run on every batch instead (with a warning).
@@ -109,7 +111,7 @@ def with_transform(dataset, transform):
 
 def frozen_outputs(
     network,
-    images: ImageCollection,
+    images: DecodedImages,
     view,
     *,
     store,
@@ -126,7 +128,7 @@ def frozen_outputs(
     Parameters
     ----------
     network : FineTuneNetwork
-    images : ImageCollection
+    images : DecodedImages
     view : callable
         The evaluation transform (a test-time view).
     store : MemoryStore, DiskStore or None
@@ -149,7 +151,7 @@ def frozen_outputs(
     rows = [None] * len(images)
     if store is not None:
         for index in range(len(images)):
-            content = content_hash(images[index])
+            content = images.content(index)
             keys[index] = None if content is None else feature_key(model_key, content)
         known = [i for i, key in enumerate(keys) if key is not None]
         for index, row in zip(known, store.get_many([keys[i] for i in known])):
@@ -182,7 +184,7 @@ def frozen_outputs(
         num_workers=num_workers,
         progress="frozen stages" if progress else None,
         as_numpy=False,
-        content_hash=content_hash if store is not None else None,
+        content_hash=images.content if store is not None else None,
     )
     # The pass is deterministic; restoring the RNG keeps training's random draws
     # (shuffling, dropout) the same whether or not outputs came from the store.
@@ -230,8 +232,7 @@ class FrozenDatasetsMixin:
 
     def get_split_datasets(self, X, y=None, **fit_params):
         """Training and validation datasets: frozen-stage outputs when cacheable, else images."""
-        images = X if isinstance(X, ImageCollection) else ImageCollection(X)
-        dataset = self._dataset(images, y, training=True)
+        dataset = self._dataset(self._decoded_images(X), y, training=True)
         dataset_train, dataset_valid = self._split(dataset, y, **fit_params)
         if self.augment:
             dataset_train = with_transform(
@@ -245,7 +246,7 @@ class FrozenDatasetsMixin:
             return dataset, None
         return self.train_split(dataset, y, **fit_params)
 
-    def _dataset(self, images: ImageCollection, y, training: bool, view=None) -> Dataset:
+    def _dataset(self, images: DecodedImages, y, training: bool, view=None) -> Dataset:
         """Frozen-stage outputs of ``images`` when they can be reused, else the images."""
         view = view or EvalView(self.spec_.preprocessing)
         recomputed = training and self.augment
@@ -253,13 +254,33 @@ class FrozenDatasetsMixin:
             activations = self._frozen_outputs(images, view)
             if activations is not None:
                 return ActivationDataset(activations, y)
+        if training:
+            # Every epoch reads every image: decode them all now, reporting every bad one.
+            images.fill()
         return ImageDataset(images, y, view)
 
     def get_dataset(self, X, y=None):
         """Images as a dataset for prediction (a torch Dataset is used as it is)."""
         if is_dataset(X):
             return X
-        return self._dataset(ImageCollection(X), y, training=False)
+        return self._dataset(self._decoded_images(X), y, training=False)
+
+    def _decoded_images(self, X) -> DecodedImages:
+        """The images of ``X`` as ``decode`` says, each decoded at most once while kept."""
+        if isinstance(X, DecodedImages):
+            return X
+        min_side = decode_min_side(self.spec_.preprocessing, self.decode)
+        if isinstance(X, ImageCollection):
+            images = X.decoded_at(min_side)
+        else:
+            images = ImageCollection(X, min_side=min_side)
+        return DecodedImages(
+            images,
+            self.spec_.preprocessing,
+            resolve_store(self.cache),
+            limit_bytes=FROZEN_CACHE_LIMIT_BYTES,
+            max_store_bytes=FROZEN_STORE_MAX_ROW_BYTES,
+        )
 
     def _frozen_store(self):
         if self.cache is None:
@@ -282,15 +303,19 @@ class FrozenDatasetsMixin:
             key += f"|view={view.name}"
         return key
 
-    def _frozen_outputs(self, images: ImageCollection, view: EvalView) -> torch.Tensor | None:
+    def _frozen_outputs(self, images: DecodedImages, view: EvalView) -> torch.Tensor | None:
         """The frozen stages' output for every image (None if too large to hold)."""
         store = self._frozen_store()
+        model_key = self._frozen_model_key(view)
+        if images.decode_identity != "full":
+            # The featurizer's rule: full decodes keep the keys stored before decoding had a say.
+            model_key += f"|decode={images.decode_identity}"
         return frozen_outputs(
             self.module_,
             images,
             view,
             store=store,
-            model_key=self._frozen_model_key(view) if store is not None else "",
+            model_key=model_key if store is not None else "",
             batch_size=self.batch_size,
             device=self._torch_device(),
             dtype=self._compute_dtype(),

@@ -26,6 +26,7 @@ from torch import nn
 
 from .._backbones import Preprocessing
 from .._onnx import check_engine
+from .._transforms import DECODES
 
 FINETUNE_CONSTRAINTS = {
     "backbone": [str, nn.Module],
@@ -39,6 +40,7 @@ FINETUNE_CONSTRAINTS = {
     "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
     "augment": ["boolean"],
     "tta": [StrOptions({"flip", "ten_crop"}), Options(bool, {False})],
+    "decode": [StrOptions(set(DECODES))],
     "precision": [StrOptions({"auto", "fp32", "bf16", "fp16"})],
     "engine": [StrOptions({"torch", "onnxruntime"})],
     "cache": [str, os.PathLike, None],

@@ -9,19 +9,11 @@ finite.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import type_of_target
 
-
-def _is_missing(value) -> bool:
-    return (
-        value is None
-        or (isinstance(value, float) and math.isnan(value))
-        or type(value).__name__ in ("NAType", "NaTType")
-    )
+from .._images import is_missing
 
 
 def _samples(rows) -> str:
@@ -41,7 +33,7 @@ def check_targets(y) -> np.ndarray:
     if y.dtype.kind == "f":
         missing = np.isnan(y)
     elif y.dtype.kind == "O":
-        missing = np.array([_is_missing(v) for v in y.ravel()]).reshape(y.shape)
+        missing = np.array([is_missing(v) for v in y.ravel()]).reshape(y.shape)
     else:
         missing = np.zeros(y.shape, dtype=bool)
     if missing.any():
