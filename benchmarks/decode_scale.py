@@ -11,7 +11,8 @@ measures what k costs, on phone-like JPEGs made from scikit-image's photos
 2. a linear probe (5-fold logistic regression, faces against non-faces of
    ``skimage.data.lfw_subset`` made phone-size) trained and tested on each
    decode, and its agreement with the full decode's predictions;
-3. whether ``Image.reduce`` before the resize pays for large PNG, TIFF and WebP.
+3. whether ``Image.reduce`` before the resize pays for large PNG, TIFF and WebP, and
+   what it does to the features.
 
 Run: ``python benchmarks/decode_scale.py`` (a few minutes on 2 cores).
 """

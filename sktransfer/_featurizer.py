@@ -125,9 +125,8 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         smallest libjpeg DCT scale (1/2, 1/4 or 1/8) that keeps its shorter
         side at least 4 times the resize size, several times faster on
         camera photos, with features within cosine 0.999 of the full decode
-        (see the user guide); other large 8-bit files are box-reduced after
-        decoding; smaller files and in-memory images are decoded exactly
-        as with ``"full"``. ``"full"``: every file is
+        (see the user guide); other formats, smaller JPEGs and in-memory
+        images are decoded exactly as with ``"full"``. ``"full"``: every file is
         decoded in full, the exact reference pipeline of torchvision's and
         timm's own transforms. Part of the cache key.
     num_workers : int, default=0
