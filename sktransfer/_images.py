@@ -202,7 +202,7 @@ class ImageCollection:
         ``"full"`` for in-memory samples, which always decode in full, so their
         entries serve either way of decoding files.
         """
-        pixels = isinstance(self._items, np.ndarray) and self._items.dtype != object
+        pixels = isinstance(self._items, np.ndarray) and self._items.dtype.kind not in "OUS"
         encoded = not pixels and any(
             isinstance(item, str | os.PathLike | bytes) for item in self._items
         )

@@ -389,6 +389,9 @@ class TestReducedDecode:
         assert ImageCollection([path], min_side=512).decode_identity == "reduced-1:512"
         data = Path(path).read_bytes()
         assert ImageCollection([data], min_side=512).decode_identity == "reduced-1:512"
+        # An array of path strings (what load_image_folder returns) holds files, not pixels.
+        paths = np.array([path, path])
+        assert ImageCollection(paths, min_side=512).decode_identity == "reduced-1:512"
         # In-memory samples always decode in full, so their entries serve either way.
         assert ImageCollection(photos[:1], min_side=512).decode_identity == "full"
         assert ImageCollection(np.stack([photos[1]] * 2), min_side=512).decode_identity == "full"
