@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -331,6 +332,7 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         missing = fill_from_store(store, keys, features)
         take = columns(plan.entries, entries, widths)
         failures = []
+        # Closed on any exit, so the decoding threads stop even if storing a batch fails.
         batches = run_batches(
             self._engine(device, store, plan) if missing else None,
             images,
@@ -343,16 +345,17 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             progress="featurizing" if self.progress else None,
             content_hash=content_hash,
         )
-        for indices, rows, bad, contents in batches:
-            failures.extend(bad)
-            if rows is None:
-                continue
-            features[indices] = rows[:, take]
-            if store is not None:
-                # Keyed by the content decoded, which differs from the lookup's if a file
-                # changed; stored batch by batch, so an interrupted run keeps finished batches.
-                row_keys = [_sample_keys(store_keys, content) for content in contents]
-                save_to_store(store, row_keys, rows, plan.entries, widths)
+        with contextlib.closing(batches):
+            for indices, rows, bad, contents in batches:
+                failures.extend(bad)
+                if rows is None:
+                    continue
+                features[indices] = rows[:, take]
+                if store is not None:
+                    # Keyed by the content decoded, which differs from the lookup's if a file
+                    # changed; stored batch by batch, so an interrupted run keeps finished batches.
+                    row_keys = [_sample_keys(store_keys, content) for content in contents]
+                    save_to_store(store, row_keys, rows, plan.entries, widths)
         if failures:
             if self.on_error == "raise":
                 raise InvalidImageError(failures)

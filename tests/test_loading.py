@@ -204,3 +204,20 @@ def test_an_interrupted_featurize_call_leaves_no_threads(small_images, monkeypat
     with pytest.raises(KeyboardInterrupt):
         featurizer.set_params(batch_size=2).transform(small_images)
     assert decoders() == []
+
+
+def test_a_failure_while_storing_features_leaves_no_threads(small_images, monkeypatch):
+    # The exception's traceback is kept, as Jupyter keeps the last one: the generator
+    # must not wait for the garbage collector to stop the decoding threads.
+    featurizer = PretrainedFeaturizer(
+        make_tiny_backbone(), preprocessing=TINY_PREPROCESSING, progress=False, cache="memory"
+    ).fit(small_images[:1])
+
+    def full_disk(*args):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr("sktransfer._featurizer.save_to_store", full_disk)
+    with pytest.raises(OSError, match="no space") as kept:
+        featurizer.set_params(batch_size=2).transform(small_images)
+    assert kept.traceback  # held while we look
+    assert decoders() == []
