@@ -31,6 +31,7 @@ import io
 import math
 import os
 import stat
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ _REDUCED_DECODE = "reduced-1"
 #: EXIF tag of the orientation a viewer applies before display.
 EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT_SCALE = 257  # 65535 / 255
+# Held while a PIL image object given in X is decoded (see decode_image).
+_PIL_OBJECTS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -306,7 +309,10 @@ def decode_image(item, min_side: int | None = None) -> np.ndarray:
     if isinstance(item, bytes):
         return _pil_to_rgb(_open_encoded(item, min_side))
     if isinstance(item, Image.Image):
-        return _pil_to_rgb(_upright(item))
+        # A lazily opened image loads itself on first use, which PIL does not make
+        # thread-safe; the same object may stand twice in X, decoded by two threads.
+        with _PIL_OBJECTS_LOCK:
+            return _pil_to_rgb(_upright(item))
     if _is_tensor(item):
         array = item.detach().cpu().numpy()
         return _array_to_rgb(np.moveaxis(array, 0, -1) if array.ndim == 3 else array)

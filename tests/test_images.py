@@ -1,5 +1,7 @@
 """Image input: every accepted kind decodes to RGB, every bad sample is named."""
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,7 @@ import torch
 from PIL import Image
 
 from sktransfer import InvalidImageError
+from sktransfer import _images as images_module
 from sktransfer._images import ImageCollection, decode_image
 
 
@@ -397,3 +400,25 @@ class TestReducedDecode:
         assert ImageCollection(np.stack([photos[1]] * 2), min_side=512).decode_identity == "full"
         images = ImageCollection([path], min_side=512)
         assert images.decoded_at(None).decode_identity == "full" and images.min_side == 512
+
+
+def test_a_pil_image_is_never_decoded_by_two_threads_at_once(tmp_path, monkeypatch):
+    # The same lazily opened image twice in X: the decoding threads must take turns.
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    image = Image.open(path)
+    active, most = [], []
+    to_rgb = images_module._pil_to_rgb
+
+    def slow_to_rgb(pil):
+        active.append(1)
+        most.append(len(active))
+        time.sleep(0.05)
+        active.pop()
+        return to_rgb(pil)
+
+    monkeypatch.setattr(images_module, "_pil_to_rgb", slow_to_rgb)
+    with ThreadPoolExecutor(2) as pool:
+        decoded = list(pool.map(decode_image, [image, image]))
+    assert max(most) == 1
+    assert all(d.shape == (8, 8, 3) for d in decoded)
