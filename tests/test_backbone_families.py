@@ -9,7 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import timm
 import torch
+import torchvision
 from PIL import Image
 from torch import nn
 
@@ -20,9 +22,6 @@ from sktransfer._backbones._torchvision import (
     build_torchvision,
     torchvision_cut,
 )
-
-timm = pytest.importorskip("timm")
-torchvision = pytest.importorskip("torchvision")
 
 TIMM_FAMILIES = [
     "timm/resnet18",

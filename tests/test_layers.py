@@ -161,7 +161,6 @@ class TestValues:
         np.testing.assert_allclose(default, expected_features(backbone, X, [3], "avg"), atol=1e-6)
 
     def test_a_token_model_pools_its_own_way_at_the_end_and_over_tokens_before(self):
-        pytest.importorskip("timm")
         X = make_images(3)
         vit = PretrainedFeaturizer("test_vit", weights=None, random_state=0, progress=False)
         own = vit.fit_transform(X)
@@ -185,7 +184,6 @@ class TestChannelsLastStages:
 
     @pytest.mark.parametrize("name", ["test_mambaout", "swin_tiny_patch4_window7_224"])
     def test_timm_stages_equal_timms_own_intermediates(self, name):
-        pytest.importorskip("timm")
         X = make_images(2)
         features = PretrainedFeaturizer(name, weights=None, random_state=0, progress=False)
         n_stages = len(features.fit(X).spec_.stages)
