@@ -14,7 +14,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .._weights import FileWeights, HFWeights, is_local, load_state_dict
+from .._weights import FileWeights, HFWeights, HubWeights, is_local, load_state_dict
 from ._lite import LITE, lite_spec, packaged_weights
 from ._module import module_fingerprint, module_spec, module_stages
 from ._spec import (
@@ -171,13 +171,16 @@ def resolve_spec(
 
     A weights file (or a downloaded timm checkpoint) is hashed here, once, so
     the spec names exactly the tensors it loads; a file changed later gives a
-    new spec at the next resolution.
+    new spec at the next resolution. Pretrained weights missing offline are
+    an error here, at ``fit``.
     """
     if isinstance(backbone, nn.Module):
         return module_spec(backbone, preprocessing)
     spec = get_backbone_spec(backbone, weights)
     if isinstance(spec.weights, FileWeights | HFWeights) and spec.weights.sha256 is None:
         spec = replace(spec, weights=spec.weights.pinned())
+    if isinstance(spec.weights, HubWeights):
+        spec.weights.locate()  # downloaded now, or a clear error at fit when offline
     if spec.weights is None and random_state is not None:
         spec = replace(spec, random_state=int(random_state))
     if preprocessing is not None:
