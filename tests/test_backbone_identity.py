@@ -1,20 +1,16 @@
 """What names a backbone's function in cache keys, and what a user's module is spared."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+import timm
 import torch
 from torch import nn
 
 from sktransfer import Preprocessing, PretrainedFeaturizer, WeightsNotFoundError, cache_info
 from sktransfer._backbones import get_backbone_spec, load_network, resolve_spec
 
-timm = pytest.importorskip("timm")
+from ._helpers import run_python
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = Preprocessing(input_size=32, resize_size=36)
 TINY_TIMM = "test_resnet"  # timm's own test model: 96 features in a few milliseconds
 
@@ -89,14 +85,7 @@ class TestWeightsFiles:
         np.save(tmp_path / "X.npy", images)
         out = tmp_path / "out.npy"
         args = [tmp_path / "X.npy", path, cache, out]
-        result = subprocess.run(
-            [sys.executable, "-c", script, *map(str, args)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr
+        run_python(script, *args)
         np.testing.assert_allclose(np.load(out), truth, atol=1e-5)
 
     def test_a_file_changed_after_fit_is_refused_not_mixed(self, images, tmp_path):

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .._weights import FileWeights, HubWeights
-from ._spec import BackboneSpec, GlobalAveragePool, Preprocessing
+from ._spec import BackboneSpec, GlobalAveragePool, Preprocessing, has_weighted_layers
 
 _HEADS = ("fc", "classifier", "head", "heads")
 _AUXILIARY = ("aux1", "aux2", "AuxLogits")  # run only in training, never part of features
@@ -105,10 +105,6 @@ def _is_plain(module: nn.Module) -> bool:
     return all(next(child.children(), None) is None for child in module.children())
 
 
-def _has_weights(modules) -> bool:
-    return any(isinstance(m, nn.Conv2d | nn.Linear) for module in modules for m in module.modules())
-
-
 def _as_stage(modules):
     return modules[0] if len(modules) == 1 else nn.Sequential(*modules)
 
@@ -124,7 +120,7 @@ def group_stages(children: list[tuple[str, nn.Module]]) -> OrderedDict:
     for name, module in children:
         if _is_plain(module):
             run.append((name, module))
-            if isinstance(module, nn.MaxPool2d) and any(_has_weights([m]) for _, m in run):
+            if isinstance(module, nn.MaxPool2d) and has_weighted_layers(*(m for _, m in run)):
                 groups.append(run)
                 run = []
         else:
@@ -140,7 +136,7 @@ def group_stages(children: list[tuple[str, nn.Module]]) -> OrderedDict:
         plain = len(group) > 1 or _is_plain(modules[0])
         last = index == len(groups) - 1
         weightless = not any(p.numel() for m in modules for p in m.parameters())
-        if stages and plain and (weightless or (last and not _has_weights(modules))):
+        if stages and plain and (weightless or (last and not has_weighted_layers(*modules))):
             stage_name, stage_modules = stages[-1]
             stages[-1] = (stage_name, stage_modules + modules)
             continue
