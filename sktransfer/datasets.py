@@ -3,33 +3,75 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-#: File extensions :func:`load_image_folder` picks up (case-insensitive).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
 TEXTURES = ("brick", "grass", "gravel")
 
 
-def load_image_folder(root, extensions=IMAGE_EXTENSIONS):
-    """Paths and labels of a ``root/<label>/<image>`` tree, like ``load_files``.
+def _pillow_extensions() -> tuple[str, ...]:
+    """Extensions of the formats Pillow decodes (as torchvision's ImageFolder, with Pillow's list).
+
+    Stub formats (HDF5, GRIB, WMF) need a handler Pillow does not ship, and
+    MPEG is only identified, never decoded: files of those are not images here.
+    """
+    from PIL import Image, ImageFile
+
+    Image.init()
+    decoded = {
+        name
+        for name, (factory, _) in Image.OPEN.items()
+        if not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
+    } - {"MPEG"}
+    return tuple(sorted(e for e, name in Image.registered_extensions().items() if name in decoded))
+
+
+#: File extensions :func:`load_image_folder` picks up (case-insensitive): every format Pillow
+#: decodes, ``.jfif`` and ``.jpe`` included.
+IMAGE_EXTENSIONS = _pillow_extensions()
+
+
+def load_image_folder(root, extensions=None):
+    """Paths and labels of a ``root/<label>/.../<image>`` tree, like torchvision's ``ImageFolder``.
+
+    Each folder directly under ``root`` is a class; its images are found at
+    any depth below it (``cat/indoor/1.png`` is a ``cat``), following links.
+    Hidden files and folders (names starting with ``.``) are left out; any
+    other file that is not an image, and files directly under ``root``, are
+    left out with a warning that names them.
 
     Parameters
     ----------
     root : str or PathLike
         A folder with one sub-folder per class, named by the class label.
-    extensions : tuple of str, default=IMAGE_EXTENSIONS
-        Only files with these extensions (case-insensitive) are taken;
-        hidden files are skipped.
+    extensions : tuple of str, default=None
+        Only files with these extensions (case-insensitive) are taken; None
+        takes :data:`IMAGE_EXTENSIONS`, every format Pillow can decode.
 
     Returns
     -------
     paths : ndarray of str, shape (n_samples,)
-        Image file paths, sorted by label then file name.
+        Image file paths under ``root``, sorted by label, then by their path
+        within the class folder.
     labels : ndarray of str, shape (n_samples,)
-        The sub-folder name of each image.
+        The class folder of each image.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``root`` is not a folder.
+    ValueError
+        ``root`` has no class folder, a class folder holds no image (as
+        torchvision's ``ImageFolder``), or a class folder is a link to
+        ``root`` or a folder above it (its images would be every class's).
+
+    Warns
+    -----
+    UserWarning
+        Files left out, and links back to a folder already walked (a loop,
+        which is not followed).
 
     Examples
     --------
@@ -40,23 +82,78 @@ def load_image_folder(root, extensions=IMAGE_EXTENSIONS):
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a folder")
-    extensions = tuple(e.lower() for e in extensions)
-    paths, labels = [], []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for file in sorted(class_dir.iterdir()):
-            if (
-                file.is_file()
-                and not file.name.startswith(".")
-                and (file.suffix.lower() in extensions)
-            ):
-                paths.append(os.fspath(file))
-                labels.append(class_dir.name)
-    if not paths:
+    extensions = tuple(e.lower() for e in (IMAGE_EXTENSIONS if extensions is None else extensions))
+    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    classes = [p for p in entries if p.is_dir()]
+    if not classes:
         raise ValueError(
-            f"no images found under {str(root)!r}; expected {root}/<label>/<image> files "
-            f"with extensions {', '.join(extensions)}"
+            f"no class folders found under {str(root)!r}; expected {root}/<label>/<image> files"
         )
+    skipped = [p for p in entries if not p.is_dir()]
+    looped, paths, labels = [], [], []
+    for class_dir in classes:
+        if root.resolve().is_relative_to(class_dir.resolve()):
+            raise ValueError(
+                f"class folder {str(class_dir)!r} is a link to {str(root)!r} or a folder "
+                "above it: its images would be those of every class. Remove the link or "
+                "point it elsewhere"
+            )
+        images = _find_images(class_dir, root, extensions, skipped, looped)
+        if not images:
+            raise ValueError(
+                f"no images found in class folder {str(class_dir)!r}; expected files with "
+                f"one of the extensions {', '.join(extensions)} (at any depth). Remove the "
+                "folder or add its images"
+            )
+        paths += images
+        labels += [class_dir.name] * len(images)
+    _warn_skipped(root, skipped, looped)
     return np.array(paths), np.array(labels)
+
+
+def _find_images(class_dir: Path, root: Path, extensions, skipped: list, looped: list) -> list:
+    """Image paths at any depth under ``class_dir``, each folder walked once (links followed)."""
+    seen = {root.resolve()}
+    images = []
+    folders = [class_dir]
+    while folders:
+        folder = folders.pop()
+        real = folder.resolve()
+        if real in seen:  # a link back to a folder already walked: a loop, or a duplicate
+            looped.append(folder)
+            continue
+        seen.add(real)
+        for entry in folder.iterdir():
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                folders.append(entry)
+            elif entry.is_file() and entry.suffix.lower() in extensions:
+                images.append(entry)
+            else:
+                skipped.append(entry)
+    return [os.fspath(p) for p in sorted(images, key=lambda p: p.relative_to(class_dir).parts)]
+
+
+def _warn_skipped(root: Path, skipped: list, looped: list, shown: int = 5) -> None:
+    def listing(found):
+        names = ", ".join(repr(os.fspath(p.relative_to(root))) for p in found[:shown])
+        return names + (f" and {len(found) - shown} more" if len(found) > shown else "")
+
+    if skipped:
+        warnings.warn(
+            f"load_image_folder left out {len(skipped)} file(s) under {str(root)!r} that are "
+            f"not images in a class folder: {listing(skipped)}",
+            UserWarning,
+            stacklevel=3,
+        )
+    if looped:
+        warnings.warn(
+            f"load_image_folder did not follow {len(looped)} link(s) under {str(root)!r} back "
+            f"to a folder already walked (a loop): {listing(looped)}",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def load_textures(patch_size=64, stride=None):

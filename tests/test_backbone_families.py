@@ -5,24 +5,23 @@ small random networks saved to files, the way a user passes their own weights.
 """
 
 import re
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import timm
 import torch
+import torchvision
 from PIL import Image
 from torch import nn
 
 from sktransfer import FineTuneClassifier, PretrainedFeaturizer, list_backbones
 from sktransfer._backbones import Backbone, get_backbone_spec
+from sktransfer._backbones._timm import build_meta
 from sktransfer._backbones._torchvision import (
     _builder_overrides,
     build_torchvision,
     torchvision_cut,
 )
-
-timm = pytest.importorskip("timm")
-torchvision = pytest.importorskip("torchvision")
 
 TIMM_FAMILIES = [
     "timm/resnet18",
@@ -86,9 +85,8 @@ def test_every_torchvision_classifier_cuts_to_its_declared_width(name):
 def test_timm_families_have_stages_and_their_declared_width(name):
     spec = get_backbone_spec(name, weights=None)
     assert len(spec.stages) >= 5 and spec.stages[0] == "stem"
-    arch = name.removeprefix("timm/")
-    with torch.device("meta"):
-        network = timm.create_model(arch, pretrained=False).eval()
+    # On the meta device where this timm can build it there (older releases cannot, for all).
+    network = build_meta(name.removeprefix("timm/")).to("meta")
     stages, pool = spec.cut(network)
     backbone = Backbone(stages, pool)
     assert backbone.stage_names == spec.stages
@@ -100,7 +98,7 @@ def test_timm_stages_run_in_turn_equal_the_model(name):
     torch.manual_seed(0)
     spec = get_backbone_spec(name, weights=None)
     network = timm.create_model(name, pretrained=False).eval()
-    x = torch.randn(2, 3, 160, 160)
+    x = image = torch.randn(2, 3, 160, 160)
     with torch.no_grad():
         features = network.forward_features(x)
         expected = network.forward_head(features, pre_logits=True)
@@ -109,6 +107,9 @@ def test_timm_stages_run_in_turn_equal_the_model(name):
             x = stage(x)
         torch.testing.assert_close(x, features)
         torch.testing.assert_close(pool(x), expected)
+        # The stem and the pooling are shallow copies with children removed: the model itself
+        # must keep all of them (only its classifier is dropped).
+        torch.testing.assert_close(network.forward_features(image), features)
 
 
 def pil(photos):
@@ -137,7 +138,30 @@ def builder_state(name):
     auxiliary = name in ("googlenet", "inception_v3")
     kwargs = dict(aux_logits=True, init_weights=False) if auxiliary else {}
     torch.manual_seed(0)
-    return torchvision.models.get_model(name, weights=None, **kwargs).state_dict()
+    state = torchvision.models.get_model(name, weights=None, **kwargs).state_dict()
+    if not name.startswith("densenet"):
+        return state
+    # DenseNet's published checkpoints predate num_batches_tracked and name their layers the
+    # old way ("norm.1", not "norm1").
+    legacy = re.compile(r"(denselayer\d+\.(norm|relu|conv))([12])\.")
+    return {
+        legacy.sub(r"\1.\3.", key): tensor
+        for key, tensor in state.items()
+        if not key.endswith("num_batches_tracked")
+    }
+
+
+def builders_own_model(name, state, torch_home):
+    """The builder given its weights enum, reading ``state`` from the torch hub cache.
+
+    ``TORCH_HOME`` must point at ``torch_home``: the builder finds the file there as if it had
+    downloaded it, and loads it its own way (aux heads, legacy keys, image size).
+    """
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    folder = torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, folder / weights.url.rsplit("/", 1)[-1])
+    return torchvision.models.get_model(name, weights=weights).eval()
 
 
 def cut_before_classifier(model):
@@ -172,17 +196,15 @@ TORCHVISION_FAMILIES = [
 def test_torchvision_features_equal_the_builders_model_cut_before_its_classifier(
     name, photos, tmp_path, monkeypatch
 ):
-    import torchvision.models._api as api
-
-    # The builder given its weights enum, served a random checkpoint instead of a download.
-    weights = torchvision.models.get_model_weights(name).DEFAULT
-    monkeypatch.setattr(api, "load_state_dict_from_url", lambda *a, **k: builder_state(name))
-    model = torchvision.models.get_model(name, weights=weights).eval()
-    monkeypatch.undo()
-    torch.save(model.state_dict(), tmp_path / "w.pth")
+    # The checkpoint as published (aux heads, DenseNet's legacy keys) goes through the same
+    # build as the downloaded one: the builder's arguments for the weights, then the state.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    state = builder_state(name)
+    model = builders_own_model(name, state, tmp_path)
+    torch.save(state, tmp_path / "w.pth")
     featurizer = PretrainedFeaturizer(name, weights=str(tmp_path / "w.pth"), progress=False)
     features = featurizer.fit_transform(photos[:2])
-    transform = weights.transforms()
+    transform = torchvision.models.get_model_weights(name).DEFAULT.transforms()
     batch = torch.stack([transform(torch.from_numpy(p).permute(2, 0, 1)) for p in photos[:2]])
     with torch.no_grad():
         expected = cut_before_classifier(model)(batch)
@@ -223,18 +245,24 @@ def test_vit_fine_tunes_its_last_two_blocks_and_the_head(photos, tmp_path):
     assert any(t.startswith("head") for t in trainable)
 
 
-def test_default_weights_builds_in_threads_each_load_their_own_checkpoint():
-    # The builder fetches its checkpoint by URL; serving ours must not leak between threads
-    # (joblib and dask run featurizers in threads) nor outlive the build.
-    import torchvision.models._api as api
-
-    original = api.load_state_dict_from_url
-    names = ["resnet18", "squeezenet1_0"] * 4
-    states = {name: builder_state(name) for name in set(names)}
-    specs = {name: get_backbone_spec(name) for name in set(names)}
-    with ThreadPoolExecutor(4) as pool:
-        models = list(pool.map(lambda n: build_torchvision(specs[n], states[n]), names))
-    assert api.load_state_dict_from_url is original
-    for name, model in zip(names, models):
-        for key, tensor in model.state_dict().items():
-            torch.testing.assert_close(tensor, states[name][key], msg=f"{name} {key}")
+@pytest.mark.parametrize(
+    "name",
+    ["googlenet", "densenet121", "resnet18", pytest.param("vit_b_16", marks=pytest.mark.slow)],
+)
+def test_default_weights_build_as_the_builder_does_for_them(name, tmp_path, monkeypatch):
+    # Built without the weights enum (no private torchvision API), from the checked state:
+    # the same tensors and architecture as the builder's own model for those weights.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    state = builder_state(name)
+    expected = builders_own_model(name, state, tmp_path)
+    spec = get_backbone_spec(name)
+    model = build_torchvision(spec, state)
+    assert type(model) is type(expected)
+    assert [(n, repr(m)) for n, m in model.named_children()] == [
+        (n, repr(m)) for n, m in expected.named_children()
+    ]
+    assert model.state_dict().keys() == expected.state_dict().keys()
+    for key, tensor in expected.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], tensor, msg=key)
+    for attribute in ("transform_input", "aux_logits", "image_size"):
+        assert getattr(model, attribute, None) == getattr(expected, attribute, None)

@@ -2,13 +2,12 @@
 
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from sktransfer import (
@@ -20,9 +19,8 @@ from sktransfer import (
 )
 from sktransfer._backbones import get_backbone_spec, load_network, module_fingerprint, resolve_spec
 
-timm = pytest.importorskip("timm")
+from ._helpers import run_python
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = Preprocessing(input_size=32, resize_size=36)
 TINY_TIMM = "test_resnet"  # timm's own test model: 96 features in a few milliseconds
 
@@ -97,14 +95,7 @@ class TestWeightsFiles:
         np.save(tmp_path / "X.npy", images)
         out = tmp_path / "out.npy"
         args = [tmp_path / "X.npy", path, cache, out]
-        result = subprocess.run(
-            [sys.executable, "-c", script, *map(str, args)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr
+        run_python(script, *args)
         np.testing.assert_allclose(np.load(out), truth, atol=1e-5)
 
     def test_a_file_changed_after_fit_is_refused_not_mixed(self, images, tmp_path):
@@ -118,7 +109,6 @@ class TestWeightsFiles:
             featurizer.transform(images)
 
     def test_a_file_swapped_keeping_size_and_mtime_gives_its_own_features(self, images, tmp_path):
-        save_file = pytest.importorskip("safetensors.torch").save_file
         path, other = tmp_path / "w.safetensors", tmp_path / "other.safetensors"
         for seed, file in enumerate((path, other)):
             torch.manual_seed(seed)
@@ -151,7 +141,6 @@ class TestWeightsFiles:
             PretrainedFeaturizer(TINY_TIMM, weights=str(tmp_path / "x.pth")).fit(images)
 
     def test_a_safetensors_file_with_the_network_names_is_paired_by_name(self, tmp_path):
-        save_file = pytest.importorskip("safetensors.torch").save_file
         state = load_network(get_backbone_spec("efficientnet_lite0")).state_dict()
         path = tmp_path / "lite0.safetensors"  # safetensors stores its tensors sorted by name
         save_file(state, str(path))

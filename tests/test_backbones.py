@@ -170,6 +170,13 @@ class TestTorchvisionBackbones:
         assert str(tmp_path / "hub" / "checkpoints") in message
         assert "SKTRANSFER_OFFLINE" in message
 
+    def test_missing_weights_offline_fail_at_fit_as_timms_do(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+        monkeypatch.setenv("SKTRANSFER_OFFLINE", "1")
+        featurizer = PretrainedFeaturizer("resnet18", progress=False)
+        with pytest.raises(WeightsNotFoundError, match="resnet18-f37072fd.pth"):
+            featurizer.fit(np.zeros((1, 8, 8, 3), np.uint8))
+
     def test_weights_found_in_hub_cache_are_loaded(self, tmp_path, monkeypatch):
         monkeypatch.setenv("TORCH_HOME", str(tmp_path))
         state = load_network(get_backbone_spec("resnet18", weights=None)).state_dict()

@@ -9,8 +9,6 @@ That an EXIF-rotated photo comes out upright is checked pixel by pixel in test_i
 
 import io
 import struct
-import subprocess
-import sys
 import zlib
 
 import numpy as np
@@ -25,6 +23,7 @@ from sktransfer import FineTuneClassifier, InvalidImageError, PretrainedFeaturiz
 from sktransfer._cache import cache_info, clear_cache
 from sktransfer._keys import content_hash
 
+from ._helpers import run_python
 from .conftest import TINY_PREPROCESSING, make_tiny_backbone
 
 GOOD = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
@@ -255,10 +254,7 @@ with warnings.catch_warnings(record=True) as caught:
 assert np.isfinite(features[0]).all() and np.isnan(features[1]).all(), features
 assert "decompression bomb" in str(caught[-1].message), caught[-1].message
 """
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_python(script, timeout=120)
 
 
 def test_file_replaced_while_transforming_is_stored_under_what_was_decoded(tmp_path, monkeypatch):

@@ -1,10 +1,24 @@
 """load_image_folder and the demo data sets built from real photos."""
 
+import os
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from sktransfer import PretrainedFeaturizer
-from sktransfer.datasets import load_faces, load_image_folder, load_textures, save_image_folder
+from sktransfer.datasets import (
+    IMAGE_EXTENSIONS,
+    load_faces,
+    load_image_folder,
+    load_textures,
+    save_image_folder,
+)
+
+
+def save_tiny(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), (200, 40, 40)).save(path)
 
 
 class TestImageFolder:
@@ -13,7 +27,8 @@ class TestImageFolder:
         save_image_folder(images[::8], labels[::8], tmp_path)
         (tmp_path / "brick" / "notes.txt").write_text("not an image")
         (tmp_path / ".hidden").mkdir()
-        paths, found = load_image_folder(tmp_path)
+        with pytest.warns(UserWarning, match=r"left out 1 file.*'brick/notes.txt'"):
+            paths, found = load_image_folder(tmp_path)
         assert list(found) == sorted(labels[::8])
         assert all(p.endswith(".jpg") for p in paths)
         assert paths[0].startswith(str(tmp_path / "brick"))
@@ -29,8 +44,53 @@ class TestImageFolder:
         with pytest.raises(FileNotFoundError, match="does not exist"):
             load_image_folder(tmp_path / "nope")
         (tmp_path / "cats").mkdir()
-        with pytest.raises(ValueError, match="no images found"):
+        with pytest.raises(ValueError, match="no images found in class folder .*cats"):
             load_image_folder(tmp_path)
+        with pytest.raises(ValueError, match="no class folders"):
+            load_image_folder(tmp_path / "cats")
+
+    def test_images_at_any_depth_in_every_format_pillow_decodes(self, tmp_path):
+        # torchvision's ImageFolder finds these; sktransfer once skipped the sub-folder and .jfif
+        save_tiny(tmp_path / "cat" / "b.png")
+        save_tiny(tmp_path / "cat" / "indoor" / "a.png")
+        save_tiny(tmp_path / "cat" / "indoor" / "deeper" / "c.jpg")
+        save_tiny(tmp_path / "dog" / "d.JFIF")
+        save_tiny(tmp_path / "dog" / ".thumb.png")  # hidden: left out without a word
+        paths, labels = load_image_folder(tmp_path)
+        names = [os.path.relpath(p, tmp_path) for p in paths]
+        assert names == ["cat/b.png", "cat/indoor/a.png", "cat/indoor/deeper/c.jpg", "dog/d.JFIF"]
+        assert list(labels) == ["cat", "cat", "cat", "dog"]
+        assert ".jfif" in IMAGE_EXTENSIONS and ".h5" not in IMAGE_EXTENSIONS
+
+    def test_an_empty_class_is_an_error_not_a_missing_class(self, tmp_path):
+        save_tiny(tmp_path / "cat" / "a.png")
+        (tmp_path / "dog" / "indoor").mkdir(parents=True)
+        (tmp_path / "dog" / "indoor" / "readme.txt").write_text("no photos yet")
+        with pytest.raises(ValueError, match="no images found in class folder .*dog"):
+            load_image_folder(tmp_path)
+
+    def test_files_outside_class_folders_are_named_in_a_warning(self, tmp_path):
+        save_tiny(tmp_path / "cat" / "a.png")
+        save_tiny(tmp_path / "loose.png")
+        with pytest.warns(UserWarning, match="left out 1 file.*'loose.png'"):
+            paths, _ = load_image_folder(tmp_path)
+        assert len(paths) == 1
+
+    def test_a_class_linked_to_the_root_is_refused(self, tmp_path):
+        save_tiny(tmp_path / "cat" / "a.png")
+        save_tiny(tmp_path / "loose.png")
+        (tmp_path / "everything").symlink_to(tmp_path, target_is_directory=True)
+        with pytest.raises(ValueError, match="everything' is a link to"):
+            load_image_folder(tmp_path)
+
+    def test_link_loops_are_not_followed(self, tmp_path):
+        save_tiny(tmp_path / "cat" / "indoor" / "a.png")
+        save_tiny(tmp_path / "dog" / "b.png")
+        (tmp_path / "cat" / "indoor" / "up").symlink_to(tmp_path / "cat")
+        (tmp_path / "cat" / "root").symlink_to(tmp_path)
+        with pytest.warns(UserWarning, match="did not follow 2 link"):
+            paths, labels = load_image_folder(tmp_path)
+        assert list(labels) == ["cat", "dog"] and paths[0].endswith("a.png")
 
 
 def test_demo_data_sets():

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 from torch import nn
@@ -62,7 +63,6 @@ def test_full_decode_is_torchvisions_own_pipeline_exactly(big_jpeg):
 
 
 def test_full_decode_is_timms_own_pipeline(big_jpeg):
-    timm = pytest.importorskip("timm")
     p = PretrainedFeaturizer().fit([np.zeros((8, 8, 3))]).spec_.preprocessing
     transform = timm.data.create_transform(
         input_size=p.input_size,

@@ -20,17 +20,8 @@ from sktransfer._backbones import resolve_spec
 from sktransfer._cache import cache_info
 from sktransfer._finetune import FineTuneClassifier, _decoded, _frozen
 from sktransfer._layers import stage_widths
+from tests._helpers import CountingStage
 from tests.test_finetune import TINY, colour_images, make_backbone
-
-
-class CountingStage(nn.Module):
-    """Counts every image through any copy of it; otherwise the identity."""
-
-    images_seen = 0
-
-    def forward(self, x):
-        type(self).images_seen += len(x)
-        return x
 
 
 def counting_backbone(seed=0):

@@ -13,23 +13,15 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from sktransfer import Preprocessing, PretrainedFeaturizer
-from sktransfer._backbones import load_backbone, load_network, resolve_spec
+from sktransfer._backbones import get_backbone_spec, load_backbone, load_network
 from sktransfer._cache import cache_info, clear_cache
 from sktransfer._featurizer import _sample_keys
 from sktransfer._keys import feature_key
 from sktransfer._layers import entry_model_key, resolve_layers, selected_entries
 
+from ._helpers import CountingStage
+
 TINY = Preprocessing(input_size=16, resize_size=16)
-
-
-class CountingStage(nn.Module):
-    """The first stage: counts every image through any copy of it; otherwise the identity."""
-
-    images_seen = 0
-
-    def forward(self, x):
-        type(self).images_seen += len(x)
-        return x
 
 
 def counting_backbone():
@@ -161,7 +153,6 @@ class TestValues:
         np.testing.assert_allclose(default, expected_features(backbone, X, [3], "avg"), atol=1e-6)
 
     def test_a_token_model_pools_its_own_way_at_the_end_and_over_tokens_before(self):
-        pytest.importorskip("timm")
         X = make_images(3)
         vit = PretrainedFeaturizer("test_vit", weights=None, random_state=0, progress=False)
         own = vit.fit_transform(X)
@@ -185,7 +176,6 @@ class TestChannelsLastStages:
 
     @pytest.mark.parametrize("name", ["test_mambaout", "swin_tiny_patch4_window7_224"])
     def test_timm_stages_equal_timms_own_intermediates(self, name):
-        pytest.importorskip("timm")
         X = make_images(2)
         features = PretrainedFeaturizer(name, weights=None, random_state=0, progress=False)
         n_stages = len(features.fit(X).spec_.stages)
@@ -220,8 +210,8 @@ class TestChannelsLastStages:
 
     def test_their_cache_keys_are_new(self):
         # Entries stored when these stages were pooled channels-first must miss.
-        assert "|NHWC|" in resolve_spec("swin_t").key
-        assert "NHWC" not in resolve_spec("resnet18").key
+        assert "|NHWC|" in get_backbone_spec("swin_t").key
+        assert "NHWC" not in get_backbone_spec("resnet18").key
 
 
 class TestParameters:

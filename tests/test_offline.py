@@ -1,13 +1,10 @@
 """No network: importing sktransfer and running both default estimators opens no socket."""
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from ._helpers import run_python
 
 SCRIPT = """
 import socket
@@ -38,13 +35,5 @@ print("attempts", len(attempts))
 def test_default_estimators_never_touch_the_network():
     # Offline switches that libraries honour are unset, so a fetch would really be tried.
     env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_python(SCRIPT, env=env)
     assert "attempts 0" in result.stdout

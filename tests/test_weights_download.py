@@ -11,23 +11,20 @@ import http.server
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch as safetensors_torch
+import timm
 import torch
 
 import sktransfer
 from sktransfer import WeightsNotFoundError
 
-timm = pytest.importorskip("timm")
-safetensors_torch = pytest.importorskip("safetensors.torch")
+from ._helpers import run_python
 
-ROOT = Path(__file__).resolve().parents[1]
 REPO = "timm/test_resnet.r160_in1k"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -100,16 +97,8 @@ except sktransfer.WeightsNotFoundError as exc:
 def run(tmp_path, endpoint, **env):
     environment = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
     environment.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"), **env)
-    environment["PYTHONPATH"] = str(ROOT)
     out = tmp_path / "features.npy"
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(out)],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_python(SCRIPT, out, env=environment)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     report["stderr"] = result.stderr
     if report["ok"]:

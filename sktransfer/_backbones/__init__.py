@@ -18,6 +18,7 @@ from torch import nn
 from .._weights import (
     FileWeights,
     HFWeights,
+    HubWeights,
     WeightsIntegrityError,
     is_local,
     load_state_dict,
@@ -182,7 +183,8 @@ def resolve_spec(
     A downloaded timm checkpoint is hashed likewise. A file changed later gives
     a new spec at the next resolution, and is refused by a spec resolved before.
     A module backbone with a weights file is a copy of the module with the
-    file loaded, strictly.
+    file loaded, strictly. Pretrained weights missing offline are an error
+    here, at ``fit``.
     """
     if isinstance(backbone, nn.Module):
         return module_spec(_module_with_weights(backbone, weights), preprocessing)
@@ -193,6 +195,8 @@ def resolve_spec(
         _check_fit(spec, state)
     elif isinstance(spec.weights, HFWeights) and spec.weights.sha256 is None:
         spec = replace(spec, weights=spec.weights.pinned())
+    if isinstance(spec.weights, HubWeights):
+        spec.weights.locate()  # downloaded now, or a clear error at fit when offline
     if spec.weights is None and random_state is not None:
         spec = replace(spec, random_state=int(random_state))
     if preprocessing is not None:

@@ -216,3 +216,8 @@ class GlobalAveragePool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pool_features(x)
+
+
+def has_weighted_layers(*modules: nn.Module) -> bool:
+    """Whether ``modules`` hold a convolution or linear layer (not only norms or activations)."""
+    return any(isinstance(m, nn.Conv2d | nn.Linear) for module in modules for m in module.modules())

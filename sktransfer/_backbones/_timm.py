@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .._weights import FileWeights, HFWeights, HubWeights, WeightsSource
-from ._spec import BackboneSpec, Preprocessing
+from ._spec import BackboneSpec, Preprocessing, has_weighted_layers
 
 #: timm marks the groups that follow the blocks (final norm, head conv) with this ordinal.
 _AFTER_BLOCKS = (99999,)
@@ -141,10 +141,6 @@ def _calls(model: nn.Module, run) -> tuple[list[str], set[str]]:
     return called, extra
 
 
-def _has_weights(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d | nn.Linear) for m in module.modules())
-
-
 def timm_layout(model: nn.Module, input_size: tuple[int, int]) -> tuple[tuple, tuple]:
     """Stages of a timm model as ``(name, paths)``, and the children its pooling uses.
 
@@ -183,7 +179,7 @@ def timm_layout(model: nn.Module, input_size: tuple[int, int]) -> tuple[tuple, t
         stages.extend(found)
     if between:
         # A final norm belongs to the last block; a final conv (EfficientNet's head) is a stage.
-        if any(_has_weights(getattr(model, n)) for n in between):
+        if has_weighted_layers(*(getattr(model, n) for n in between)):
             stages.append(("head", tuple(between)))
         else:
             last_name, last_paths = stages[-1]

@@ -1,8 +1,8 @@
-"""torchvision classifiers: built by ``get_model(name, weights=...)``, cut along the module tree.
+"""torchvision classifiers: built by ``get_model`` without weights, cut along the module tree.
 
-The builder is given the weights enum, so it sets what it sets for them
-(``transform_input``, ``aux_logits``, the image size); the state dict it asks
-for is served by :func:`~sktransfer._weights.load_state_dict` (torch hub cache,
+The builder is given the arguments its weights would set (``num_classes``,
+``transform_input``, ``aux_logits``, the image size) and the model loads the
+state dict of :func:`~sktransfer._weights.load_state_dict` (torch hub cache,
 hash-checked download, ``weights_only=True``). The stages are the model's
 top-level children (``features``, ``layers``, ``trunk_output`` and ``blocks``
 opened up): runs of plain layers are grouped, each block is a stage. The pooling
@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import copy
 import functools
-import threading
+import re
 from collections import OrderedDict
-from unittest import mock
 
 import torch
 from torch import nn
 
 from .._weights import FileWeights, HubWeights
-from ._spec import BackboneSpec, GlobalAveragePool, Preprocessing
+from ._spec import BackboneSpec, GlobalAveragePool, Preprocessing, has_weighted_layers
 
 _HEADS = ("fc", "classifier", "head", "heads")
 _AUXILIARY = ("aux1", "aux2", "AuxLogits")  # run only in training, never part of features
@@ -48,53 +47,62 @@ def torchvision_source(name: str) -> HubWeights:
 
 
 def _builder_overrides(name: str) -> dict:
-    """What the builder sets when given weights, for builds without them (random or a file)."""
-    weights = default_weights_enum(name)
+    """The builder arguments torchvision's weights set (they fit the weights' checkpoint).
+
+    Given its weights enum, a builder sets ``num_classes`` from the weights'
+    categories, GoogLeNet and Inception-v3 their input transform (and build
+    without initialising), a ViT its image size and MaxViT its input size.
+    """
+    meta = default_weights_enum(name).meta
+    overrides = dict(num_classes=len(meta["categories"]))
     if name in ("googlenet", "inception_v3"):
         # Given weights, googlenet drops its auxiliary heads and inception_v3 keeps them
         # (they run only in training; the stages leave them out).
         aux_logits = name == "inception_v3"
-        return dict(transform_input=True, aux_logits=aux_logits, init_weights=False)
-    if name.startswith("vit_"):
-        return dict(image_size=weights.meta["min_size"][0])
-    return {}
+        overrides.update(transform_input=True, aux_logits=aux_logits, init_weights=False)
+    elif name.startswith("vit_"):
+        overrides.update(image_size=meta["min_size"][0])
+    elif name.startswith("maxvit_"):
+        overrides.update(input_size=meta["min_size"])
+    return overrides
 
 
-_SERVING = threading.Lock()
+# DenseNet checkpoints published before module names lost their dots ("norm.1" for "norm1"):
+# torchvision's builder renames them the same way.
+_DENSENET_LEGACY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def _fit_checkpoint(model: nn.Module, state: dict) -> dict:
+    """``state`` as the model names it: legacy DenseNet keys renamed, absent aux heads dropped."""
+    fitted = {}
+    for key, tensor in state.items():
+        top = key.split(".", 1)[0]
+        if top in _AUXILIARY and getattr(model, top, None) is None:
+            continue  # googlenet's builder loads its auxiliary heads, then removes them
+        legacy = _DENSENET_LEGACY.match(key)
+        fitted[legacy.group(1) + legacy.group(2) if legacy else key] = tensor
+    return fitted
 
 
 def build_torchvision(spec: BackboneSpec, state: dict | None) -> nn.Module:
+    """Build ``spec.name`` as its builder does for its weights, and load ``state`` (None: random).
+
+    The builder is never given the weights enum: it would fetch the checkpoint
+    itself, and ``state`` comes from the checked loader.
+    """
     import torchvision
-    import torchvision.models._api as api
 
-    if isinstance(spec.weights, HubWeights):
-        # The builder fetches its state dict by URL: serve ours (from the checked loader) for
-        # our URL only, one build at a time, as the patch is the whole process's.
-        with _SERVING:
-            fetch = api.load_state_dict_from_url
-
-            def serve(url, *args, **kwargs):
-                return state if url == spec.weights.url else fetch(url, *args, **kwargs)
-
-            with mock.patch.object(api, "load_state_dict_from_url", serve):
-                enum = default_weights_enum(spec.name)
-                model = torchvision.models.get_model(spec.name, weights=enum)
-    else:
-        model = torchvision.models.get_model(
-            spec.name, weights=None, **_builder_overrides(spec.name)
-        )
-        if state is not None:
-            model.load_state_dict(state)
+    model = torchvision.models.get_model(spec.name, weights=None, **_builder_overrides(spec.name))
+    if state is not None:
+        model.load_state_dict(_fit_checkpoint(model, state))
     return model.eval()
 
 
 def _is_plain(module: nn.Module) -> bool:
     """A layer or a small sequence of layers (conv-norm-act), not a block of them."""
     return all(next(child.children(), None) is None for child in module.children())
-
-
-def _has_weights(modules) -> bool:
-    return any(isinstance(m, nn.Conv2d | nn.Linear) for module in modules for m in module.modules())
 
 
 def _as_stage(modules):
@@ -112,7 +120,7 @@ def group_stages(children: list[tuple[str, nn.Module]]) -> OrderedDict:
     for name, module in children:
         if _is_plain(module):
             run.append((name, module))
-            if isinstance(module, nn.MaxPool2d) and any(_has_weights([m]) for _, m in run):
+            if isinstance(module, nn.MaxPool2d) and has_weighted_layers(*(m for _, m in run)):
                 groups.append(run)
                 run = []
         else:
@@ -128,7 +136,7 @@ def group_stages(children: list[tuple[str, nn.Module]]) -> OrderedDict:
         plain = len(group) > 1 or _is_plain(modules[0])
         last = index == len(groups) - 1
         weightless = not any(p.numel() for m in modules for p in m.parameters())
-        if stages and plain and (weightless or (last and not _has_weights(modules))):
+        if stages and plain and (weightless or (last and not has_weighted_layers(*modules))):
             stage_name, stage_modules = stages[-1]
             stages[-1] = (stage_name, stage_modules + modules)
             continue
