@@ -62,9 +62,9 @@ class FineTuneRegressor(FineTuneBase, NeuralNetRegressor):
     ----------
     n_outputs_ : int
         The number of targets: 1 for a 1-D ``y``, else its columns.
-    y_mean_ : ndarray of shape (n_outputs_,)
+    y_mean_ : ndarray of shape (n_outputs,)
         The mean of each target in the ``y`` of the first ``fit``.
-    y_scale_ : ndarray of shape (n_outputs_,)
+    y_scale_ : ndarray of shape (n_outputs,)
         Its standard deviation (1 where it is constant); the head predicts
         ``(y - y_mean_) / y_scale_``.
     {attributes}
