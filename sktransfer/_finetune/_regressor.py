@@ -191,7 +191,7 @@ class FineTuneRegressor(FineTuneBase, NeuralNetRegressor):
 
         Returns
         -------
-        y_pred : ndarray of shape (n_samples,) or (n_samples, n_outputs_)
+        y_pred : ndarray of shape (n_samples,) or (n_samples, n_outputs)
             1-D for a single target, as scikit-learn's ``MLPRegressor``. For
             a torch ``Dataset`` (what skorch's scoring callbacks pass, with
             standardised targets), standardised predictions instead.
