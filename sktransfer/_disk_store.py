@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import sqlite3
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._disk_records import ARRAYS, FEATURES, Table, has_table
 from ._keys import as_arrays, as_rows
 from ._permissions import check_private
 from ._store_schema import UnusableDatabase, ensure_schema, identify, write_transaction
@@ -28,14 +28,12 @@ DATABASE_NAME = "features.sqlite"
 # Where engine="onnxruntime" keeps its exported models, beside the database.
 ENGINES_FOLDER = "onnx"
 
-_KEYS_PER_QUERY = 500  # well under SQLite's limit on bound parameters
 _BUSY_TIMEOUT_S = 30.0
 _BUSY_RETRY_DELAYS_S = (0.05, 0.2, 1.0, None)  # None: give up
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 _SQLITE_PERM, _SQLITE_READONLY, _SQLITE_CANTOPEN = 3, 8, 14
 _READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
-_FEATURE_DTYPE = np.dtype("<f4")
 
 # Connections opened before a fork(); SQLite forbids the child to use or even close them.
 _INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
@@ -136,7 +134,7 @@ class DiskStore:
         """Stored feature vectors and arrays."""
 
         def count(db):
-            tables = ["features"] + (["arrays"] if _has_arrays_table(db) else [])
+            tables = [t.name for t in (FEATURES, ARRAYS) if has_table(db, t.name)]
             return sum(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables)
 
         return self._run(count, 0)
@@ -153,7 +151,7 @@ class DiskStore:
         rows : list of ndarray or None
             One 1-D float32 array (read-only) or None per key, in order.
         """
-        return self._lookup(keys, _select)
+        return self._lookup(keys, FEATURES)
 
     def get_arrays(self, keys) -> list[np.ndarray | None]:
         """Stored arrays of ``keys`` (see :meth:`put_arrays`); None where absent or damaged.
@@ -168,13 +166,13 @@ class DiskStore:
             One read-only array or None per key, in order, with the dtype
             and shape it was stored with.
         """
-        return self._lookup(keys, _select_arrays)
+        return self._lookup(keys, ARRAYS)
 
-    def _lookup(self, keys, select) -> list:
+    def _lookup(self, keys, table: Table) -> list:
         keys = list(keys)
         try:
             found, damaged = self._run(
-                lambda db: select(db, keys, delete_damaged=not self._read_only), ({}, 0)
+                lambda db: table.select(db, keys, delete_damaged=not self._read_only), ({}, 0)
             )
         except sqlite3.OperationalError as exc:
             self._warn_once(
@@ -206,20 +204,7 @@ class DiskStore:
             Stored as float32.
         """
         keys, rows = as_rows(keys, rows)
-        rows = rows.astype(_FEATURE_DTYPE, copy=False)
-        dim = rows.shape[1]
-        records = []
-        for key, row in zip(keys, rows):
-            data = row.tobytes()
-            records.append((key, dim, data, _checksum(key, dim, data)))
-        if not records:
-            return
-        try:
-            self._run(lambda db: None if self._read_only else _insert(db, records))
-        except sqlite3.OperationalError as exc:
-            self._warn_once(
-                "write", f"could not write to the feature cache {self.path} ({exc}); not cached"
-            )
+        self._insert(FEATURES, [FEATURES.encode(key, row) for key, row in zip(keys, rows)])
 
     def put_arrays(self, keys, arrays) -> None:
         """Store ``arrays[i]`` under ``keys[i]`` in one transaction, replacing old ones.
@@ -232,15 +217,13 @@ class DiskStore:
             dtype (little-endian), the shape and the raw bytes.
         """
         keys, arrays = as_arrays(keys, arrays)
-        records = []
-        for key, array in zip(keys, arrays):
-            array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-            dtype, shape, data = array.dtype.str, ",".join(map(str, array.shape)), array.tobytes()
-            records.append((key, dtype, shape, data, _array_checksum(key, dtype, shape, data)))
+        self._insert(ARRAYS, [ARRAYS.encode(key, array) for key, array in zip(keys, arrays)])
+
+    def _insert(self, table: Table, records: list[tuple]) -> None:
         if not records:
             return
         try:
-            self._run(lambda db: None if self._read_only else _insert_arrays(db, records))
+            self._run(lambda db: None if self._read_only else table.insert(db, records))
         except sqlite3.OperationalError as exc:
             self._warn_once(
                 "write", f"could not write to the feature cache {self.path} ({exc}); not cached"
@@ -487,118 +470,3 @@ def _error_code(exc: sqlite3.DatabaseError) -> int | None:
         return _SQLITE_CORRUPT
     message = str(exc)
     return _SQLITE_BUSY if "locked" in message or "busy" in message else None
-
-
-def _checksum(key: str, dim: int, data: bytes) -> bytes:
-    digest = hashlib.sha256(key.encode())
-    digest.update(dim.to_bytes(8, "little"))
-    digest.update(data)
-    return digest.digest()
-
-
-def _is_intact(key, dim, data, checksum) -> bool:
-    # SQLite columns are loosely typed; a damaged row may hold anything.
-    return (
-        isinstance(dim, int)
-        and isinstance(data, bytes)
-        and dim >= 0
-        and len(data) == dim * _FEATURE_DTYPE.itemsize
-        and checksum == _checksum(key, dim, data)
-    )
-
-
-def _select(
-    db: sqlite3.Connection, keys: list[str], delete_damaged: bool = True
-) -> tuple[dict[str, np.ndarray], int]:
-    """Intact rows of ``keys`` by key, and how many damaged rows were found (and deleted)."""
-    found, damaged = {}, []
-    unique = list(dict.fromkeys(keys))
-    for start in range(0, len(unique), _KEYS_PER_QUERY):
-        chunk = unique[start : start + _KEYS_PER_QUERY]
-        query = (
-            "SELECT key, dim, data, checksum FROM features "
-            f"WHERE key IN ({','.join('?' * len(chunk))})"
-        )
-        for key, dim, data, checksum in db.execute(query, chunk):
-            if _is_intact(key, dim, data, checksum):
-                found[key] = np.frombuffer(data, _FEATURE_DTYPE).astype(np.float32, copy=False)
-            else:
-                damaged.append((key, checksum))
-    if damaged and delete_damaged:
-        with write_transaction(db):
-            # Match the checksum too, so a good row written meanwhile survives.
-            db.executemany("DELETE FROM features WHERE key = ? AND checksum IS ?", damaged)
-    return found, len(damaged)
-
-
-def _insert(db: sqlite3.Connection, records: list[tuple]) -> None:
-    with write_transaction(db):
-        db.executemany(
-            "INSERT OR REPLACE INTO features (key, dim, data, checksum) VALUES (?, ?, ?, ?)",
-            records,
-        )
-
-
-def _has_arrays_table(db: sqlite3.Connection) -> bool:
-    # A read-only store written before the table existed has none.
-    query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'arrays'"
-    return db.execute(query).fetchone() is not None
-
-
-def _array_checksum(key: str, dtype: str, shape: str, data: bytes) -> bytes:
-    digest = hashlib.sha256(f"{key}\0{dtype}\0{shape}\0".encode())
-    digest.update(data)
-    return digest.digest()
-
-
-def _array_from_record(key, dtype, shape, data, checksum) -> np.ndarray | None:
-    """The stored array, or None when the record is damaged (columns are loosely typed)."""
-    if not (isinstance(key, str) and isinstance(dtype, str) and isinstance(shape, str)):
-        return None
-    if not isinstance(data, bytes) or checksum != _array_checksum(key, dtype, shape, data):
-        return None
-    try:
-        kind = np.dtype(dtype)  # a dtype string names a layout; it never unpickles anything
-        dims = [int(d) for d in shape.split(",")] if shape else []
-    except (TypeError, ValueError):
-        return None
-    if kind.kind not in "biuf" or min(dims, default=0) < 0:
-        return None
-    if len(data) != kind.itemsize * int(np.prod(dims, dtype=np.int64)):
-        return None
-    return np.frombuffer(data, kind).reshape(dims)
-
-
-def _select_arrays(
-    db: sqlite3.Connection, keys: list[str], delete_damaged: bool = True
-) -> tuple[dict[str, np.ndarray], int]:
-    """Intact arrays of ``keys`` by key, and how many damaged ones were found (and deleted)."""
-    if not _has_arrays_table(db):
-        return {}, 0
-    found, damaged = {}, []
-    unique = list(dict.fromkeys(keys))
-    for start in range(0, len(unique), _KEYS_PER_QUERY):
-        chunk = unique[start : start + _KEYS_PER_QUERY]
-        query = (
-            "SELECT key, dtype, shape, data, checksum FROM arrays "
-            f"WHERE key IN ({','.join('?' * len(chunk))})"
-        )
-        for record in db.execute(query, chunk):
-            array = _array_from_record(*record)
-            if array is None:
-                damaged.append((record[0], record[-1]))
-            else:
-                found[record[0]] = array
-    if damaged and delete_damaged:
-        with write_transaction(db):
-            db.executemany("DELETE FROM arrays WHERE key = ? AND checksum IS ?", damaged)
-    return found, len(damaged)
-
-
-def _insert_arrays(db: sqlite3.Connection, records: list[tuple]) -> None:
-    with write_transaction(db):
-        db.executemany(
-            "INSERT OR REPLACE INTO arrays (key, dtype, shape, data, checksum) "
-            "VALUES (?, ?, ?, ?, ?)",
-            records,
-        )
