@@ -221,3 +221,16 @@ def test_a_failure_while_storing_features_leaves_no_threads(small_images, monkey
         featurizer.set_params(batch_size=2).transform(small_images)
     assert kept.traceback  # held while we look
     assert decoders() == []
+
+
+def test_decoders_run_torch_on_one_thread_each():
+    # The eval transform resizes with torch; in a decoder it must not start an OpenMP
+    # team of torch's size beside the network's.
+    seen = []
+
+    def transform(image):
+        seen.append(torch.get_num_threads())
+        return as_tensor(image)
+
+    list(iterate_batches(ImageCollection(numbered_images(4)), transform, batch_size=2, threads=2))
+    assert seen == [1, 1, 1, 1]

@@ -21,14 +21,13 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from .._images import ImageCollection, InvalidImageError
 from .._keys import content_hash, feature_key
-from .._loading import decode_threads
+from .._loading import decode_threads, decoder_pool
 
 # Version of how kept images are made, in their keys: bump it when that changes.
 _KEPT_FORMAT = "kept-image-1"
@@ -203,7 +202,7 @@ class DecodedImages:
         todo = [i for i in missing if i not in found]
         threads = decode_threads() if threads is None else threads
         failures, decoded = [], []
-        with ThreadPoolExecutor(threads, thread_name_prefix="sktransfer-decode") as pool:
+        with decoder_pool(threads) as pool:
             for index, (image, failure) in zip(todo, pool.map(self._try_decode, todo)):
                 if failure is not None:
                     failures.extend(failure.failures)
