@@ -127,7 +127,7 @@ def _eval_transform(preprocessing, crop: str, flip: bool):
     size = [p.input_size, p.input_size]
     return v2.Compose(
         [
-            _centre_of_elongated,
+            centre_of_elongated,
             _as_image,
             v2.Resize(
                 [p.resize_size] * (2 if p.crop_mode == "squash" else 1),
@@ -143,9 +143,12 @@ def _eval_transform(preprocessing, crop: str, flip: bool):
     )
 
 
-def _centre_of_elongated(rgb: np.ndarray) -> np.ndarray:
-    """Only the centre of a very elongated image is kept: cut the rest before
-    resizing, so that resizing it cannot take unbounded memory."""
+def centre_of_elongated(rgb: np.ndarray) -> np.ndarray:
+    """The centre of ``rgb``, cut to at most 4:1: all the evaluation transform keeps of it.
+
+    Cut before resizing, so that resizing a very elongated image cannot take
+    unbounded memory; the fine-tuner's kept images are cut the same way.
+    """
     height, width = rgb.shape[:2]
     keep = _MAX_ASPECT * min(height, width)
     if height > keep:

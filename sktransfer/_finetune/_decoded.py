@@ -28,11 +28,10 @@ import torch
 from .._images import ImageCollection, InvalidImageError
 from .._keys import content_hash, feature_key
 from .._loading import decode_threads, decoder_pool
+from .._transforms import centre_of_elongated
 
 # Version of how kept images are made, in their keys: bump it when that changes.
 _KEPT_FORMAT = "kept-image-1"
-# Longest side kept, in shorter sides, as the evaluation transform cuts elongated images.
-_MAX_ASPECT = 4
 # Kept images go to the store in groups this large: an interrupted fit keeps what it decoded.
 _STORE_GROUP = 16
 
@@ -58,12 +57,7 @@ def kept_image(rgb: np.ndarray, preprocessing) -> np.ndarray:
     """
     import torchvision.transforms.v2.functional as F
 
-    height, width = rgb.shape[:2]
-    keep = _MAX_ASPECT * min(height, width)
-    if height > keep:
-        rgb = rgb[(height - keep) // 2 :][:keep]
-    elif width > keep:
-        rgb = rgb[:, (width - keep) // 2 :][:, :keep]
+    rgb = centre_of_elongated(rgb)
     if min(rgb.shape[:2]) <= preprocessing.resize_size or preprocessing.crop_mode == "squash":
         return np.array(rgb)  # a copy: the decoded array may be the caller's own
     # A copy: decoders return read-only arrays, which torch warns about.
