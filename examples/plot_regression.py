@@ -29,38 +29,16 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-from skimage import data as skimage_data
 from sklearn.dummy import DummyRegressor
 from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
 from sktransfer import FineTuneRegressor, Preprocessing, PretrainedFeaturizer
+from sktransfer.datasets import make_exposure_patches
 
-PHOTOS = [
-    skimage_data.astronaut(),
-    skimage_data.coffee(),
-    skimage_data.chelsea(),
-    skimage_data.rocket(),
-    skimage_data.immunohistochemistry(),
-]
-
-
-def exposed_patches(n, seed, size=96):
-    """``n`` random patches of the photos, each times a random gain (the target)."""
-    rng = np.random.default_rng(seed)
-    patches, gains = [], rng.uniform(0.25, 1.75, n)
-    for index, gain in enumerate(gains):
-        photo = PHOTOS[index % len(PHOTOS)]
-        top = rng.integers(0, photo.shape[0] - size + 1)
-        left = rng.integers(0, photo.shape[1] - size + 1)
-        patch = photo[top : top + size, left : left + size] * gain
-        patches.append(np.clip(patch, 0, 255).round().astype(np.uint8))
-    return np.stack(patches), gains
-
-
-X_train, y_train = exposed_patches(120, seed=0)
-X_test, y_test = exposed_patches(60, seed=1)
+X_train, y_train = make_exposure_patches(120, patch_size=96, random_state=0)
+X_test, y_test = make_exposure_patches(60, patch_size=96, random_state=1)
 print(f"{len(X_train)} training and {len(X_test)} held-out patches, gains 0.25 to 1.75")
 
 # The lite0 weights were trained with mean = std = 0.5; only the size changes.

@@ -202,6 +202,45 @@ def load_faces():
     return images, np.array(["face"] * 100 + ["non-face"] * 100)
 
 
+#: The colour photos :func:`make_exposure_patches` cuts patches from.
+EXPOSURE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
+
+
+def make_exposure_patches(n_samples, patch_size=64, gain_range=(0.25, 1.75), random_state=None):
+    """A regression task on real photos: random patches, each times an exposure gain.
+
+    Patches are cut at random places from five colour photos that
+    scikit-image ships (in turn); each is multiplied by a gain drawn
+    uniformly from ``gain_range`` (in sRGB values, clipped to 0-255), and the
+    gain is the target: how much brighter or darker the patch was made.
+
+    Parameters
+    ----------
+    n_samples : int
+    patch_size : int, default=64
+        Side of each square patch in pixels.
+    gain_range : tuple of float, default=(0.25, 1.75)
+    random_state : int or None, default=None
+        Seeds the places and the gains (numpy's ``default_rng``).
+
+    Returns
+    -------
+    images : ndarray of uint8, shape (n_samples, patch_size, patch_size, 3)
+    gains : ndarray of float64, shape (n_samples,)
+    """
+    data = _skimage_data()
+    photos = [getattr(data, name)() for name in EXPOSURE_PHOTOS]
+    rng = np.random.default_rng(random_state)
+    patches, gains = [], rng.uniform(*gain_range, n_samples)
+    for index, gain in enumerate(gains):
+        photo = photos[index % len(photos)]
+        top = rng.integers(0, photo.shape[0] - patch_size + 1)
+        left = rng.integers(0, photo.shape[1] - patch_size + 1)
+        patch = photo[top : top + patch_size, left : left + patch_size] * gain
+        patches.append(np.clip(patch, 0, 255).round().astype(np.uint8))
+    return np.stack(patches), gains
+
+
 def save_image_folder(images, labels, root, suffix=".jpg"):
     """Write images as ``root/<label>/<index>.jpg`` files, the layout of :func:`load_image_folder`.
 

@@ -12,6 +12,7 @@ from sktransfer.datasets import (
     load_faces,
     load_image_folder,
     load_textures,
+    make_exposure_patches,
     save_image_folder,
 )
 
@@ -99,3 +100,14 @@ def test_demo_data_sets():
     assert sorted(set(labels)) == ["brick", "grass", "gravel"]
     faces, face_labels = load_faces()
     assert faces.shape == (200, 25, 25) and (face_labels == "face").sum() == 100
+
+
+def test_exposure_patches_are_reproducible_and_their_gain_is_their_brightness():
+    images, gains = make_exposure_patches(20, patch_size=32, random_state=0)
+    assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
+    assert gains.shape == (20,) and gains.min() >= 0.25 and gains.max() <= 1.75
+    again, same = make_exposure_patches(20, patch_size=32, random_state=0)
+    assert np.array_equal(images, again) and np.array_equal(gains, same)
+    # The gain is what makes a patch bright or dark, whatever the photo.
+    brightness = images.reshape(20, -1).mean(axis=1)
+    assert np.corrcoef(brightness, gains)[0, 1] > 0.5

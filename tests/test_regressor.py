@@ -16,6 +16,7 @@ from skorch.dataset import ValidSplit
 from torch import nn
 
 from sktransfer import FineTuneClassifier, FineTuneRegressor, PretrainedFeaturizer
+from sktransfer.datasets import make_exposure_patches
 from tests.test_finetune import TINY, make_backbone
 from tests.test_finetune_search import CountingStage, counting_backbone
 
@@ -212,25 +213,6 @@ class TestScikitLearn:
         assert count() == len(X)
 
 
-def exposed_patches(n, seed, size=64):
-    """Patches of real photos, each times a random exposure gain in [0.25, 1.75] (the target)."""
-    from skimage import data as skimage_data
-
-    photos = [
-        getattr(skimage_data, name)()
-        for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
-    ]
-    rng = np.random.default_rng(seed)
-    patches, gains = [], rng.uniform(0.25, 1.75, n)
-    for index, gain in enumerate(gains):
-        photo = photos[index % len(photos)]
-        top = rng.integers(0, photo.shape[0] - size + 1)
-        left = rng.integers(0, photo.shape[1] - size + 1)
-        patch = photo[top : top + size, left : left + size] * gain
-        patches.append(np.clip(patch, 0, 255).round().astype(np.uint8))
-    return np.stack(patches), gains
-
-
 @pytest.mark.slow
 def test_real_photos_exposure_gain():
     """The issue's bar: 80 real photo patches, held-out R² > 0.3 (frozen features + RidgeCV
@@ -240,8 +222,8 @@ def test_real_photos_exposure_gain():
     from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
 
-    X_train, y_train = exposed_patches(80, seed=0)
-    X_test, y_test = exposed_patches(40, seed=1)
+    X_train, y_train = make_exposure_patches(80, random_state=0)
+    X_test, y_test = make_exposure_patches(40, random_state=1)
     ridge = make_pipeline(PretrainedFeaturizer(progress=False), RidgeCV(np.logspace(-2, 3, 11)))
     assert ridge.fit(X_train, y_train).score(X_test, y_test) > 0.3
     # The fine-tuner reads the features the featurizer stored: no forward pass of its own.
