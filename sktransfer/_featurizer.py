@@ -343,10 +343,11 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             dtype=dtype,
             num_workers=self.num_workers,
             progress="featurizing" if self.progress else None,
-            content_hash=content_hash,
+            # Without a store nothing is keyed: hashing each file's bytes would be wasted.
+            content_hash=content_hash if store is not None else None,
         )
         with contextlib.closing(batches):
-            for indices, rows, bad, contents in batches:
+            for indices, rows, bad, *contents in batches:
                 failures.extend(bad)
                 if rows is None:
                     continue
@@ -354,7 +355,7 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
                 if store is not None:
                     # Keyed by the content decoded, which differs from the lookup's if a file
                     # changed; stored batch by batch, so an interrupted run keeps finished batches.
-                    row_keys = [_sample_keys(store_keys, content) for content in contents]
+                    row_keys = [_sample_keys(store_keys, content) for content in contents[0]]
                     save_to_store(store, row_keys, rows, plan.entries, widths)
         if failures:
             if self.on_error == "raise":
