@@ -14,7 +14,7 @@ measures what k costs, on phone-like JPEGs made from scikit-image's photos
 3. whether ``Image.reduce`` before the resize pays for large PNG, TIFF and WebP, and
    what it does to the features.
 
-Run: ``python benchmarks/decode_scale.py`` (a few minutes on 2 cores).
+Run: ``python benchmarks/decode_scale.py`` (about 6 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -31,6 +31,22 @@ from sktransfer._transforms import FAST_DECODE_FACTOR
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "immunohistochemistry", "hubble_deep_field")
 SCALES = (2, 4, 8)
+#: Photo sizes and the DCT scales tried on each: three sizes at every scale,
+#: then phone sizes (12, 16, 48 and 8 megapixels) and their neighbours at the
+#: scales that bring them near the threshold.
+SIZES = (
+    ((4032, 3024), SCALES),
+    ((2731, 2048), SCALES),
+    ((1981, 1486), SCALES),
+    ((4000, 3000), (4,)),
+    ((3960, 2970), (4,)),
+    ((4624, 3468), (4,)),
+    ((3264, 2448), (2, 4)),
+    ((2000, 1500), (2,)),
+    ((2560, 1920), (2,)),
+    ((8000, 6000), (8,)),
+    ((7920, 5940), (8,)),
+)
 
 
 def phone_jpeg(photo: np.ndarray, size=(4032, 3024), seed=0, quality=92) -> bytes:
@@ -74,14 +90,16 @@ def cosine_by_ratio(featurizer, resize: int):
     import skimage.data
 
     sources = [getattr(skimage.data, name)() for name in PHOTOS]
-    for size in ((4032, 3024), (2731, 2048), (1981, 1486)):
+    results = []
+    for size, scales in SIZES:
         data = [phone_jpeg(photo, size, seed=i) for i, photo in enumerate(sources)]
         full = features(featurizer, data, None)
-        for scale in SCALES:
+        for scale in scales:
             cos = cosine(features(featurizer, data, scale), full)
-            ratio = size[1] / scale / resize
-            name = f"{size[0]}x{size[1]}"
-            print(f"{name:>11} 1/{scale:<4} {ratio:6.2f} {cos.min():9.5f} {cos.mean():9.5f}")
+            results.append((size[1] / scale / resize, scale, size, cos))
+    for ratio, scale, size, cos in sorted(results):
+        name = f"{size[0]}x{size[1]}"
+        print(f"{name:>11} 1/{scale:<4} {ratio:6.2f} {cos.min():9.5f} {cos.mean():9.5f}")
 
 
 def probe(featurizer, n_per_class=30):
@@ -152,10 +170,11 @@ def reduce_pays(featurizer, resize: int, k: float, repeat=3):
             decoded = Image.open(io.BytesIO(phone_jpeg(photo, size, seed=i)))
             decoded.save(buffer, format="TIFF")
             data.append(buffer.getvalue())
-        full = featurizer.transform([decode_image(item) for item in data])
-        reduced = featurizer.transform([decode_image(item, min_side) for item in data])
-        cos = cosine(reduced, full)
+        decoded = [Image.open(io.BytesIO(item)) for item in data]
+        full = featurizer.transform(decoded)
+        # Reduced here, not by decode_image: decode="fast" leaves these formats whole.
         factor = size[1] // min_side
+        cos = cosine(featurizer.transform([image.reduce(factor) for image in decoded]), full)
         print(f"  {size[0]}x{size[1]}, reduce({factor}): min {cos.min():.5f} mean {cos.mean():.5f}")
 
 
