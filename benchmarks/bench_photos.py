@@ -12,6 +12,9 @@ so reruns are quick) and prints, in one run, img/s and ratios of:
    where this version of sktransfer has that parameter; the featurizer on
    the same images pre-decoded to 256-px arrays; the network alone on ready
    tensors, the ceiling for this input.
+1b. decoding alone at each libjpeg DCT scale, and the least files / arrays
+   ratio it allows: the cores decode and compute, so a file costs at least
+   its decode plus what the same image costs as an array.
 2. a 4-epoch augmented fit (``FineTuneClassifier(augment=True)``) on the
    files against the same fit on the images given as small arrays.
 3. peak RSS of a fresh process featurizing ``--rss-n`` phone JPEGs (the
@@ -152,9 +155,11 @@ def featurize_rows(paths, bs, repeat):
                 f"featurizer on the files, {label}", lambda m=model: m.transform(paths)
             )
     small = [small_array(p) for p in paths]
+    arrays_cpu = {}
     for engine in ("torch", "onnxruntime"):
         model = featurizer(batch_size=bs, engine=engine)
         row(f'featurizer on 256-px arrays, engine="{engine}"', lambda m=model: m.transform(small))
+        arrays_cpu[engine] = cpu_seconds(lambda m=model: m.transform(small)) / n
     network_rows(rows, n, bs)
     table(rows, f"1. featurizing {n} phone JPEGs (4032x3024, ~3 MB), batch {bs}", "naive")
     for label, values in features.items():
@@ -162,6 +167,44 @@ def featurize_rows(paths, bs, repeat):
             np.linalg.norm(values, axis=1) * np.linalg.norm(reference, axis=1)
         )
         print(f"features of {label} vs the full decode: min cosine {cosine.min():.5f}")
+    if has_param(PretrainedFeaturizer, "decode"):  # older versions cannot decode reduced
+        decode_floor(paths, arrays_cpu)
+
+
+def cpu_seconds(fn):
+    """CPU time of this process (all its threads) over one run of ``fn``."""
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+def decode_floor(paths, arrays_cpu):
+    """What decoding alone costs at each DCT scale, and the bound that puts on files.
+
+    Decoding and the network share the cores, so per image the files cost at
+    least the decode's CPU time plus what the same image costs as an array:
+    files / arrays >= about 1 + decode CPU / array CPU, however the work overlaps.
+    """
+    from sktransfer._images import decode_image
+
+    data = [Path(p).read_bytes() for p in paths]
+    short = min(PHONE_SIZE)
+    print("\n1b. decoding alone, one thread (CPU ms per file); the least files / arrays it allows")
+    print(f"{'decode':<24} {'CPU ms':>7} {'torch >=':>9} {'onnxruntime >=':>15}")
+    for scale in (1, 2, 4, 8):
+        decode_image(data[0], short // scale)
+        # One thread decodes, so its wall time is its CPU time (process_time would
+        # also count torch's idle threads spinning).
+        start = time.perf_counter()
+        for item in data:
+            decode_image(item, short // scale)
+        per_file = 1000 * (time.perf_counter() - start) / len(data)
+        bounds = [1 + per_file / (1000 * arrays_cpu[e]) for e in ("torch", "onnxruntime")]
+        name = "full" if scale == 1 else f"libjpeg DCT scale 1/{scale}"
+        print(f"{name:<24} {per_file:7.1f} {bounds[0]:8.2f}x {bounds[1]:14.2f}x")
+    print(
+        "array CPU ms per image: " + ", ".join(f"{e} {1000 * c:.1f}" for e, c in arrays_cpu.items())
+    )
 
 
 def network_rows(rows, n, bs):
