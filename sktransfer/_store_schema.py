@@ -59,10 +59,11 @@ def identify(db: sqlite3.Connection, path: Path) -> str:
     :class:`UntrustedCacheError` for any other database, which is never
     changed.
     """
-    application_id = db.execute("PRAGMA application_id").fetchone()[0]
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    names = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-    tables = {name: _columns(db, name) for (name,) in names if not name.startswith("sqlite_")}
+    with read_snapshot(db):
+        application_id = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        names = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        tables = {name: _columns(db, name) for (name,) in names if not name.startswith("sqlite_")}
     ours = _our_columns()
     same_tables = all(ours.get(name) == columns for name, columns in tables.items())
     if application_id == APPLICATION_ID:
@@ -103,14 +104,37 @@ def _our_columns() -> dict[str, list[tuple]]:
 
 def ensure_schema(db: sqlite3.Connection, path: Path) -> None:
     """Create or complete our tables; a previous version's store is adopted and stamped."""
-    existing = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
-    if identify(db, path) == "ours" and existing >= TABLES.keys():
-        return
+    with read_snapshot(db):
+        existing = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        if identify(db, path) == "ours" and existing >= TABLES.keys():
+            return
     with write_transaction(db):
+        # Again under the write lock: another process may have created the store meanwhile.
+        identify(db, path)
         for create in TABLES.values():
             db.execute(create)
         db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+@contextlib.contextmanager
+def read_snapshot(db: sqlite3.Connection):
+    """Make the reads inside one transaction, so they see one state of the file.
+
+    Outside a transaction each statement sees the file as it is then: a
+    process creating the store between two of them showed another process
+    its new tables beside the empty header read before, a foreign-looking
+    database (application id 0, version 0, our tables).
+    """
+    if db.in_transaction:
+        yield
+        return
+    db.execute("BEGIN")
+    try:
+        yield
+    finally:
+        if db.in_transaction:
+            db.execute("COMMIT")
 
 
 @contextlib.contextmanager

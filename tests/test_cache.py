@@ -24,7 +24,7 @@ from sktransfer._disk_store import _INHERITED_CONNECTIONS, DATABASE_NAME, CacheW
 from sktransfer._keys import content_hash, feature_key
 from sktransfer._memory_store import MemoryStore, default_memory_store, set_memory_limit
 from sktransfer._permissions import UntrustedCacheError, _private_group
-from sktransfer._store_schema import APPLICATION_ID
+from sktransfer._store_schema import APPLICATION_ID, ensure_schema, identify
 
 from .conftest import unable_to_write
 
@@ -627,6 +627,33 @@ class TestForeignDatabase:
         with unable_to_write(shared_tmp), pytest.raises(UntrustedCacheError):
             DiskStore(shared_tmp).get_many(["a"])
         assert (shared_tmp / DATABASE_NAME).read_bytes() == before
+
+    def test_a_store_created_between_two_reads_is_not_taken_for_foreign(self, tmp_path):
+        # Another process creates the store just after this one has read the empty header:
+        # the CI failure of test_two_processes_write_at_once, made to happen every time.
+        path = tmp_path / DATABASE_NAME
+        other = {}
+
+        class Interleaved(sqlite3.Connection):
+            def execute(self, sql, *args):
+                # After the header's two reads, before the tables are listed.
+                if "type = 'table'" in sql and not other:
+                    other["writer"] = sqlite3.connect(path, timeout=0.1, isolation_level=None)
+                    try:
+                        ensure_schema(other["writer"], path)
+                        other["outcome"] = "committed"
+                    except sqlite3.OperationalError as exc:  # held off by this reader
+                        other["outcome"] = str(exc)
+                return super().execute(sql, *args)
+
+        db = sqlite3.connect(path, isolation_level=None, factory=Interleaved)
+        try:
+            ensure_schema(db, path)
+            assert identify(db, path) == "ours"
+        finally:
+            db.close()
+            other["writer"].close()
+        assert other["outcome"] == "database is locked"
 
     def test_a_store_of_the_previous_version_is_adopted_and_marked(self, tmp_path):
         keys, rows = fill(tmp_path)
