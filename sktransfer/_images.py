@@ -399,6 +399,8 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
         image.mode == "P" and "transparency" in image.info
     ):
         return _array_to_rgb(np.asarray(image.convert("RGBA")))
+    if image.mode == "RGB":  # a JPEG photo: convert("RGB") would only copy its pixels first
+        return np.asarray(image)
     return np.ascontiguousarray(np.asarray(image.convert("RGB")))
 
 
