@@ -23,7 +23,7 @@ from sklearn.pipeline import make_pipeline
 
 from sktransfer import PretrainedFeaturizer
 from sktransfer._backbones import Backbone
-from sktransfer._cache import clear_cache
+from sktransfer._store import clear_cache
 
 FORWARD_IMAGES = [0]
 

@@ -37,7 +37,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from sktransfer import PretrainedFeaturizer
-from sktransfer._device import cpu_native_dtypes
+from sktransfer._engines.device import cpu_native_dtypes
 
 
 def featurizer(**params):

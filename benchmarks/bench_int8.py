@@ -30,9 +30,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sktransfer import get_backbone_spec, load_backbone
-from sktransfer._images import ImageCollection
-from sktransfer._inference import run_batches
-from sktransfer._onnx import OnnxEngine, export_onnx
+from sktransfer._engines.onnx import OnnxEngine, export_onnx
+from sktransfer._engines.torch import run_batches
+from sktransfer._input.images import ImageCollection
 from sktransfer.datasets import load_faces, load_textures
 
 

@@ -185,7 +185,7 @@ def decode_floor(paths, arrays_cpu):
     least the decode's CPU time plus what the same image costs as an array:
     files / arrays >= about 1 + decode CPU / array CPU, however the work overlaps.
     """
-    from sktransfer._images import decode_image
+    from sktransfer._input.images import decode_image
 
     data = [Path(p).read_bytes() for p in paths]
     short = min(PHONE_SIZE)
@@ -224,7 +224,7 @@ def network_rows(rows, n, bs):
         ("network alone, torch fp32 channels_last (ceiling)", seconds, batches * bs, load())
     )
     try:
-        from sktransfer._onnx import OnnxEngine, export_onnx
+        from sktransfer._engines.onnx import OnnxEngine, export_onnx
     except ImportError:
         return
     session = OnnxEngine(export_onnx(plain_model(), 224, "bench_photos"), torch.device("cpu"))

@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 from sktransfer import PretrainedFeaturizer, get_backbone_spec
-from sktransfer._images import decode_image
-from sktransfer._transforms import FAST_DECODE_FACTOR
+from sktransfer._input.images import decode_image
+from sktransfer._input.transforms import FAST_DECODE_FACTOR
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "immunohistochemistry", "hubble_deep_field")
 SCALES = (2, 4, 8)

@@ -8,11 +8,11 @@ from ._backbones import (
     list_backbones,
     load_backbone,
 )
-from ._cache import cache_info, clear_cache
 from ._featurizer import PretrainedFeaturizer
 from ._finetune import FineTuneClassifier, FineTuneRegressor
-from ._images import ImageFailure, InvalidImageError
-from ._permissions import UntrustedCacheError
+from ._input.images import ImageFailure, InvalidImageError
+from ._store import cache_info, clear_cache
+from ._store.trust import UntrustedCacheError
 from ._weights import WeightsIntegrityError, WeightsNotFoundError
 
 __version__ = "0.1.0"

@@ -16,12 +16,11 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._backbones import Backbone, BackboneSpec, Preprocessing, load_backbone, resolve_spec
-from ._cache import resolve_store
-from ._device import precision_name, resolve_device, resolve_precision
-from ._disk_store import DiskStore
-from ._images import ImageCollection, InvalidImageError
-from ._inference import run_batches
-from ._keys import content_hash, feature_key
+from ._engines.device import precision_name, resolve_device, resolve_precision
+from ._engines.onnx import check_engine, onnx_engine
+from ._engines.torch import run_batches
+from ._input.images import ImageCollection, InvalidImageError
+from ._input.transforms import DECODES, decode_min_side
 from ._layers import (
     OWN,
     POOLINGS,
@@ -36,8 +35,9 @@ from ._layers import (
     selected_entries,
     stage_widths,
 )
-from ._onnx import check_engine, onnx_engine
-from ._transforms import DECODES, decode_min_side
+from ._store import resolve_store
+from ._store.disk import DiskStore
+from ._store.keys import content_hash, feature_key
 
 
 @functools.lru_cache(maxsize=4)

@@ -20,8 +20,8 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from sktransfer import FineTuneClassifier, InvalidImageError, PretrainedFeaturizer
-from sktransfer._cache import cache_info, clear_cache
-from sktransfer._keys import content_hash
+from sktransfer._store import cache_info, clear_cache
+from sktransfer._store.keys import content_hash
 
 from ._helpers import run_python
 from .conftest import TINY_PREPROCESSING, make_tiny_backbone

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sktransfer._cache import CacheInfo, cache_info, clear_cache, resolve_store
-from sktransfer._disk_store import _INHERITED_CONNECTIONS, DATABASE_NAME, CacheWarning, DiskStore
-from sktransfer._keys import content_hash, feature_key
-from sktransfer._memory_store import MemoryStore, default_memory_store, set_memory_limit
-from sktransfer._permissions import UntrustedCacheError, _private_group
-from sktransfer._store_schema import APPLICATION_ID, ensure_schema, identify
+from sktransfer._store import CacheInfo, cache_info, clear_cache, resolve_store
+from sktransfer._store.disk import _INHERITED_CONNECTIONS, DATABASE_NAME, CacheWarning, DiskStore
+from sktransfer._store.keys import content_hash, feature_key
+from sktransfer._store.memory import MemoryStore, default_memory_store, set_memory_limit
+from sktransfer._store.schema import APPLICATION_ID, ensure_schema, identify
+from sktransfer._store.trust import UntrustedCacheError, _private_group
 
 from .conftest import unable_to_write
 
@@ -506,8 +506,8 @@ class TestDiskLocking:
         assert_bitwise_equal(store.get_many(["b"])[0], np.ones(2))
 
     def test_writer_still_locked_out_warns_and_skips(self, tmp_path, monkeypatch):
-        monkeypatch.setattr("sktransfer._disk_store._BUSY_TIMEOUT_S", 0.01)
-        monkeypatch.setattr("sktransfer._disk_store._BUSY_RETRY_DELAYS_S", (0.01, None))
+        monkeypatch.setattr("sktransfer._store.disk._BUSY_TIMEOUT_S", 0.01)
+        monkeypatch.setattr("sktransfer._store.disk._BUSY_RETRY_DELAYS_S", (0.01, None))
         store = DiskStore(tmp_path)
         store.put_many(["a"], np.zeros((1, 2)))
         holder = self.hold_write_lock(tmp_path, 1.0)

@@ -9,7 +9,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from sktransfer import Preprocessing, PretrainedFeaturizer
-from sktransfer._transforms import FAST_DECODE_FACTOR, decode_min_side
+from sktransfer._input.transforms import FAST_DECODE_FACTOR, decode_min_side
 
 # Small, so that the network's input itself can be the features (nn.Flatten).
 P = Preprocessing(input_size=56, resize_size=64, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sktransfer import _device
-from sktransfer._device import cpu_flags, cpu_native_dtypes, resolve_precision
+from sktransfer._engines import device as _device
+from sktransfer._engines.device import cpu_flags, cpu_native_dtypes, resolve_precision
 
 CPU = torch.device("cpu")
 

@@ -22,8 +22,8 @@ from sklearn.pipeline import make_pipeline
 from torch import nn
 
 from sktransfer import Preprocessing, PretrainedFeaturizer, UntrustedCacheError
-from sktransfer._cache import cache_info, clear_cache, resolve_store
-from sktransfer._disk_store import CacheWarning
+from sktransfer._store import cache_info, clear_cache, resolve_store
+from sktransfer._store.disk import CacheWarning
 
 from .conftest import unable_to_write
 

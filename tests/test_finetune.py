@@ -22,7 +22,7 @@ from skorch.exceptions import DeviceWarning
 from torch import nn
 
 from sktransfer import InvalidImageError, Preprocessing, get_backbone_spec
-from sktransfer._device import resolve_device
+from sktransfer._engines.device import resolve_device
 from sktransfer._finetune import FineTuneClassifier, _frozen
 
 TINY = Preprocessing(input_size=32, resize_size=32)

@@ -10,13 +10,15 @@ import pytest
 from PIL import Image
 from sklearn.model_selection import GridSearchCV
 
-from sktransfer import Preprocessing, _images, _memory_store
-from sktransfer._disk_store import DiskStore
+from sktransfer import Preprocessing
 from sktransfer._finetune import FineTuneClassifier, FineTuneRegressor, _frozen
 from sktransfer._finetune._decoded import DecodedImages, kept_image
-from sktransfer._images import ImageCollection, InvalidImageError
-from sktransfer._memory_store import MemoryStore
-from sktransfer._transforms import eval_views
+from sktransfer._input import images as _images
+from sktransfer._input.images import ImageCollection, InvalidImageError
+from sktransfer._input.transforms import eval_views
+from sktransfer._store import memory as _memory_store
+from sktransfer._store.disk import DiskStore
+from sktransfer._store.memory import MemoryStore
 from tests.test_finetune import make_backbone
 
 TINY = Preprocessing(input_size=32, resize_size=40)

@@ -17,9 +17,9 @@ from torch import nn
 
 from sktransfer import PretrainedFeaturizer
 from sktransfer._backbones import resolve_spec
-from sktransfer._cache import cache_info
 from sktransfer._finetune import FineTuneClassifier, _decoded, _frozen
 from sktransfer._layers import stage_widths
+from sktransfer._store import cache_info
 from tests._helpers import CountingStage
 from tests.test_finetune import TINY, colour_images, make_backbone
 

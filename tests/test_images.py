@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from sktransfer import InvalidImageError
-from sktransfer import _images as images_module
-from sktransfer._images import ImageCollection, decode_image
+from sktransfer._input import images as images_module
+from sktransfer._input.images import ImageCollection, decode_image
 
 
 def _rgb(height=20, width=30, seed=0):
@@ -156,7 +156,7 @@ class TestBadFiles:
 
     def test_decompression_bomb_is_refused_before_decoding(self, tmp_path, good_png, monkeypatch):
         Image.fromarray(np.zeros((300, 400), np.uint8)).save(tmp_path / "bomb.png")
-        monkeypatch.setattr("sktransfer._images.MAX_PIXELS", 100_000)
+        monkeypatch.setattr("sktransfer._input.images.MAX_PIXELS", 100_000)
         reason = _failure([good_png, str(tmp_path / "bomb.png")]).reason
         assert "120000 pixels" in reason and "decompression bomb" in reason
 
@@ -314,7 +314,7 @@ def test_lifting_pillows_pixel_limit_keeps_ours(tmp_path, good_png, monkeypatch)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     assert _decode_file(good_png).shape == (20, 30, 3)
     Image.fromarray(np.zeros((300, 400), np.uint8)).save(tmp_path / "big.png")
-    monkeypatch.setattr("sktransfer._images.MAX_PIXELS", 100_000)
+    monkeypatch.setattr("sktransfer._input.images.MAX_PIXELS", 100_000)
     assert "decompression bomb" in _failure([good_png, str(tmp_path / "big.png")]).reason
 
 
@@ -372,7 +372,7 @@ class TestReducedDecode:
 
     def test_pixel_limit_applies_to_the_full_size(self, tmp_path, photos, monkeypatch):
         path = self._jpeg(tmp_path / "big.jpg", photos[0], (800, 600))
-        monkeypatch.setattr("sktransfer._images.MAX_PIXELS", 100_000)
+        monkeypatch.setattr("sktransfer._input.images.MAX_PIXELS", 100_000)
         with pytest.raises(InvalidImageError, match="decompression bomb"):
             ImageCollection([path], min_side=60).load(0)
 

@@ -7,8 +7,8 @@ from PIL import Image
 from torch import nn
 
 from sktransfer._backbones import Backbone, module_stages
-from sktransfer._images import ImageCollection
-from sktransfer._inference import Engine, TorchEngine, run_batches
+from sktransfer._engines.torch import Engine, TorchEngine, run_batches
+from sktransfer._input.images import ImageCollection
 
 from .conftest import TINY_PREPROCESSING, make_tiny_backbone
 

@@ -14,10 +14,10 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from sktransfer import Preprocessing, PretrainedFeaturizer
 from sktransfer._backbones import get_backbone_spec, load_backbone, load_network
-from sktransfer._cache import cache_info, clear_cache
 from sktransfer._featurizer import _sample_keys
-from sktransfer._keys import feature_key
 from sktransfer._layers import entry_model_key, resolve_layers, selected_entries
+from sktransfer._store import cache_info, clear_cache
+from sktransfer._store.keys import feature_key
 
 from ._helpers import CountingStage
 

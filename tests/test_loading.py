@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from sktransfer import PretrainedFeaturizer
-from sktransfer._images import ImageCollection
-from sktransfer._inference import Engine, TorchEngine, run_batches
-from sktransfer._loading import decode_threads, iterate_batches
+from sktransfer._engines.torch import Engine, TorchEngine, run_batches
+from sktransfer._input.images import ImageCollection
+from sktransfer._input.loading import decode_threads, iterate_batches
 
 from .conftest import TINY_PREPROCESSING, make_tiny_backbone
 

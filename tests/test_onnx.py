@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from sktransfer import PretrainedFeaturizer
-from sktransfer import _onnx as onnx_module
-from sktransfer._cache import cache_info, clear_cache, resolve_store
-from sktransfer._disk_store import CacheWarning
-from sktransfer._onnx import model_path
+from sktransfer._engines import onnx as onnx_module
+from sktransfer._engines.onnx import model_path
+from sktransfer._store import cache_info, clear_cache, resolve_store
+from sktransfer._store.disk import CacheWarning
 
 from .conftest import TINY_PREPROCESSING, make_tiny_backbone
 
@@ -245,9 +245,9 @@ def test_default_backbone_on_real_photos(photos):
 
 def test_a_method_exports_too(small_images, exports):
     """What the fine-tuner needs: its frozen prefix is a method, its output a feature map."""
-    from sktransfer._images import ImageCollection
-    from sktransfer._inference import run_batches
-    from sktransfer._onnx import onnx_engine
+    from sktransfer._engines.onnx import onnx_engine
+    from sktransfer._engines.torch import run_batches
+    from sktransfer._input.images import ImageCollection
 
     class Network(torch.nn.Module):
         def __init__(self):

@@ -8,7 +8,7 @@ import torch
 from torchvision.transforms import v2
 
 from sktransfer import Preprocessing
-from sktransfer._transforms import (
+from sktransfer._input.transforms import (
     TTA_VIEWS,
     EvalView,
     eval_transform,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._transforms import eval_transform
+from .._input.transforms import eval_transform
 from .._weights import WeightsSource
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -100,7 +100,7 @@ class Preprocessing:
 
         Resize the shorter side to ``resize_size``, then crop the centre
         ``input_size`` square, exactly as torchvision and timm evaluate
-        (:func:`sktransfer._transforms.eval_transform`).
+        (:func:`sktransfer._input.transforms.eval_transform`).
         """
         return eval_transform(self)(rgb)
 

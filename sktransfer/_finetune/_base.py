@@ -20,10 +20,10 @@ from skorch.utils import to_numpy
 from torch import nn
 
 from .._backbones import load_backbone, resolve_spec
-from .._device import autocast, resolve_device, resolve_precision
-from .._images import ImageCollection, InvalidImageError
-from .._inference import run_batches
-from .._transforms import EvalView, eval_views
+from .._engines.device import autocast, resolve_device, resolve_precision
+from .._engines.torch import run_batches
+from .._input.images import ImageCollection, InvalidImageError
+from .._input.transforms import EvalView, eval_views
 from ._callbacks import EpochProgress
 from ._decoded import DecodedImages
 from ._frozen import ActivationDataset, FrozenDatasetsMixin

@@ -25,10 +25,10 @@ import warnings
 import numpy as np
 import torch
 
-from .._images import ImageCollection, InvalidImageError
-from .._keys import content_hash, feature_key
-from .._loading import decode_threads, decoder_pool
-from .._transforms import centre_of_elongated
+from .._input.images import ImageCollection, InvalidImageError
+from .._input.loading import decode_threads, decoder_pool
+from .._input.transforms import centre_of_elongated
+from .._store.keys import content_hash, feature_key
 
 # Version of how kept images are made, in their keys: bump it when that changes.
 _KEPT_FORMAT = "kept-image-1"
@@ -145,7 +145,7 @@ class DecodedImages:
         return self.images.decode_identity
 
     def content(self, index: int) -> str | None:
-        """:func:`~sktransfer._keys.content_hash` of sample ``index``, computed once."""
+        """:func:`~sktransfer._store.keys.content_hash` of sample ``index``, computed once."""
         if index not in self._contents:
             self._contents[index] = content_hash(self.images[index])
         return self._contents[index]
@@ -183,7 +183,7 @@ class DecodedImages:
         indices : iterable of int, default=None
         threads : int, default=None
             Threads that decode (Pillow and torch release the GIL while they
-            decode and resize); None: :func:`~sktransfer._loading.decode_threads`.
+            decode and resize); None: :func:`~sktransfer._input.loading.decode_threads`.
 
         Raises
         ------

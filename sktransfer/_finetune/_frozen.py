@@ -23,14 +23,14 @@ from skorch.utils import is_dataset
 from torch.utils.data import Dataset, Subset
 
 from .._backbones import module_fingerprint
-from .._cache import resolve_store
-from .._device import precision_name
-from .._disk_store import DiskStore
-from .._images import ImageCollection, InvalidImageError
-from .._inference import run_batches
-from .._keys import feature_key
-from .._onnx import onnx_engine
-from .._transforms import EvalView, decode_min_side, train_augmentation
+from .._engines.device import precision_name
+from .._engines.onnx import onnx_engine
+from .._engines.torch import run_batches
+from .._input.images import ImageCollection, InvalidImageError
+from .._input.transforms import EvalView, decode_min_side, train_augmentation
+from .._store import resolve_store
+from .._store.disk import DiskStore
+from .._store.keys import feature_key
 from ._decoded import DecodedImages
 
 #: Largest set of frozen-stage outputs one ``fit`` or ``predict`` holds in

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .._backbones import GlobalAveragePool
-from .._device import autocast
+from .._engines.device import autocast
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:

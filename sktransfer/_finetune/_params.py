@@ -25,8 +25,8 @@ from skorch.setter import optimizer_setter
 from torch import nn
 
 from .._backbones import Preprocessing
-from .._onnx import check_engine
-from .._transforms import DECODES
+from .._engines.onnx import check_engine
+from .._input.transforms import DECODES
 
 FINETUNE_CONSTRAINTS = {
     "backbone": [str, nn.Module],

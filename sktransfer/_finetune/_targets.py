@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import type_of_target
 
-from .._images import is_missing
+from .._input.images import is_missing
 
 
 def _samples(rows) -> str:

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from ._images import EXIF_ORIENTATION
+from .._input.images import EXIF_ORIENTATION
 
 # Bump when hashing or key layout changes, so older entries can never match.
 _CONTENT_VERSION = b"sktransfer-content-1\0"
@@ -34,7 +34,7 @@ def content_hash(item) -> str | None:
     Parameters
     ----------
     item : str, os.PathLike, bytes, PIL.Image.Image, ndarray or torch.Tensor
-        One sample, as :class:`~sktransfer._images.ImageCollection` holds it.
+        One sample, as :class:`~sktransfer._input.images.ImageCollection` holds it.
 
     Returns
     -------

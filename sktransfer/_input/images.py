@@ -244,7 +244,7 @@ class ImageCollection:
         index : int
         content_hash : callable, optional
             Maps a sample (an encoded file's ``bytes``, or the in-memory sample
-            itself) to its hash; see :func:`sktransfer._keys.content_hash`.
+            itself) to its hash; see :func:`sktransfer._store.keys.content_hash`.
 
         Returns
         -------
@@ -384,7 +384,7 @@ def _check_pixel_count(size: tuple[int, int]) -> None:
     if width * height > MAX_PIXELS:
         raise _BadImage(
             f"image is {width}x{height} = {width * height} pixels, more than the limit of "
-            f"{MAX_PIXELS} (possible decompression bomb; raise sktransfer._images.MAX_PIXELS "
+            f"{MAX_PIXELS} (possible decompression bomb; raise sktransfer._input.images.MAX_PIXELS "
             "if you trust it)"
         )
     if width == 0 or height == 0:

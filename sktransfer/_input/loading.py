@@ -5,7 +5,7 @@ samples are decoded while the network computes: by a pool of threads
 (Pillow and torch release the GIL while they decode and resize), or by
 DataLoader worker processes when asked. Either way batches come in input
 order. A sample that cannot be decoded does not stop the batch: it is
-returned as an :class:`~sktransfer._images.ImageFailure` beside the good
+returned as an :class:`~sktransfer._input.images.ImageFailure` beside the good
 tensors, so callers can report every bad sample at once and keep the work
 already done. When asked, each good sample also comes with the hash of the
 very content decoded, so that what a cache stores is keyed by what was
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ._images import ImageCollection, InvalidImageError
+from .images import ImageCollection, InvalidImageError
 
 #: Batches decoded ahead of the one being consumed.
 LOOKAHEAD = 1

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._cache import resolve_store
-from ._disk_store import ENGINES_FOLDER, CacheWarning
-from ._inference import Engine
-from ._permissions import check_private
+from .._store import resolve_store
+from .._store.disk import ENGINES_FOLDER, CacheWarning
+from .._store.trust import check_private
+from .torch import Engine
 
 _INSTALL_HINT = 'engine="onnxruntime" needs ONNX Runtime: pip install "sktransfer[onnx]"'
 _KEY_PROPERTY = "sktransfer_key"

@@ -12,7 +12,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from ._permissions import UntrustedCacheError
+from .trust import UntrustedCacheError
 
 SCHEMA_VERSION = 1
 # Marks a SQLite file as this package's store ("sktf"), so that no other is ever changed.

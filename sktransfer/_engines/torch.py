@@ -2,7 +2,7 @@
 
 The featurizer, the fine-tuner's frozen pass and its prediction all run a
 fixed function over batches of preprocessed images. :func:`run_batches`
-does it once: batching and decoding (:func:`~sktransfer._loading.iterate_batches`),
+does it once: batching and decoding (:func:`~sktransfer._input.loading.iterate_batches`),
 the engine that computes (a PyTorch module on a device and precision, or an
 ONNX Runtime session), a progress bar, and per-sample failures yielded beside
 the results so callers keep the work already done.
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ._device import autocast
-from ._images import ImageCollection
-from ._loading import iterate_batches
+from .._input.images import ImageCollection
+from .._input.loading import iterate_batches
+from .device import autocast
 
 
 class Engine:
@@ -98,7 +98,7 @@ def run_batches(
     Parameters
     ----------
     model : engine, nn.Module or callable
-        An engine (:class:`TorchEngine`, :class:`~sktransfer._onnx.OnnxEngine`)
+        An engine (:class:`TorchEngine`, :class:`~sktransfer._engines.onnx.OnnxEngine`)
         is used as it is; a module or function is wrapped in a
         :class:`TorchEngine` on ``device`` in ``dtype``.
     images : ImageCollection
@@ -113,7 +113,7 @@ def run_batches(
         For a module or function: compute precision.
     num_workers : int, default=0
         DataLoader processes decoding while the model runs; 0 decodes in
-        threads of this process (see :func:`~sktransfer._loading.iterate_batches`).
+        threads of this process (see :func:`~sktransfer._input.loading.iterate_batches`).
     progress : str or None, default=None
         Label of a tqdm progress bar (shown only on a terminal or notebook);
         None shows none.
@@ -122,7 +122,7 @@ def run_batches(
     content_hash : callable, default=None
         When given, each batch also yields ``contents``: the hash of what was
         decoded for each entry of ``indices`` (see
-        :func:`~sktransfer._loading.iterate_batches`).
+        :func:`~sktransfer._input.loading.iterate_batches`).
 
     Yields
     ------

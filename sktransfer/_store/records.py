@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._store_schema import write_transaction
+from .schema import write_transaction
 
 _KEYS_PER_QUERY = 500  # well under SQLite's limit on bound parameters
 _FEATURE_DTYPE = np.dtype("<f4")

@@ -52,7 +52,7 @@ def decode_min_side(preprocessing, decode: str = "fast") -> int | None:
     Returns
     -------
     min_side : int or None
-        For :class:`~sktransfer._images.ImageCollection`.
+        For :class:`~sktransfer._input.images.ImageCollection`.
     """
     if decode not in DECODES:
         raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")

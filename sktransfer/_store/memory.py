@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ._keys import as_arrays, as_rows
+from .keys import as_arrays, as_rows
 
 #: Bound of the process-wide memory store unless :func:`set_memory_limit` changes it.
 DEFAULT_MEMORY_BYTES = 1 << 30

@@ -1,10 +1,17 @@
-"""Feature cache: which store an estimator's ``cache`` names, and what users see of it.
+"""The feature store: which store an estimator's ``cache`` names, and what users see of it.
 
-The process-wide memory LRU (``_memory_store``) and the on-disk SQLite store
-(``_disk_store``) share one interface: ``get_many(keys)``, ``put_many(keys,
-rows)``, ``get_arrays(keys)``, ``put_arrays(keys, arrays)`` (n-d arrays such
-as decoded images, apart from the rows), ``clear()``, ``len(store)`` and
-``nbytes``; both keep them under the keys of ``_keys.feature_key``.
+This room holds everything that keeps computed features between calls:
+``keys`` (what identifies an image and a feature vector of it), ``memory``
+(the process-wide LRU), ``disk`` (the SQLite store shared by processes),
+``records`` and ``schema`` (its SQLite rows and tables) and ``trust`` (who
+may own and write a cache). This module resolves ``cache=`` to a store and
+gives users :func:`cache_info` and :func:`clear_cache`.
+
+The memory LRU and the disk store share one interface: ``get_many(keys)``,
+``put_many(keys, rows)``, ``get_arrays(keys)``, ``put_arrays(keys, arrays)``
+(n-d arrays such as decoded images, apart from the rows), ``clear()``,
+``len(store)`` and ``nbytes``; both keep them under the keys of
+:func:`~sktransfer._store.keys.feature_key`.
 """
 
 from __future__ import annotations
@@ -15,8 +22,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
 
-from ._disk_store import ENGINES_FOLDER, DiskStore, check_directory
-from ._memory_store import MemoryStore, default_memory_store
+from .disk import ENGINES_FOLDER, DiskStore, check_directory
+from .memory import MemoryStore, default_memory_store
 
 _OPEN_DISK_STORES = 8  # resolve_store keeps this many open, most recently used
 
@@ -138,7 +145,7 @@ def cache_info(cache="memory") -> CacheInfo:
 
     Examples
     --------
-    >>> from sktransfer._cache import cache_info, clear_cache
+    >>> from sktransfer._store import cache_info, clear_cache
     >>> clear_cache("memory")
     >>> cache_info("memory")
     CacheInfo(entries=0, nbytes=0)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ._disk_records import ARRAYS, FEATURES, Table, has_table
-from ._keys import as_arrays, as_rows
-from ._permissions import check_private
-from ._store_schema import UnusableDatabase, ensure_schema, identify, write_transaction
+from .keys import as_arrays, as_rows
+from .records import ARRAYS, FEATURES, Table, has_table
+from .schema import UnusableDatabase, ensure_schema, identify, write_transaction
+from .trust import check_private
 
 #: File name of the on-disk store inside its directory.
 DATABASE_NAME = "features.sqlite"
