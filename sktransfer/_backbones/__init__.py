@@ -235,6 +235,25 @@ def get_backbone_spec(name: str, weights: str | None = "default") -> BackboneSpe
     Returns
     -------
     spec : BackboneSpec
+
+    Examples
+    --------
+    >>> from sktransfer import get_backbone_spec
+    >>> spec = get_backbone_spec("resnet50")
+    >>> spec.feature_dim, spec.stages
+    (2048, ('stem', 'layer1', 'layer2', 'layer3', 'layer4'))
+    >>> spec.preprocessing.resize_size, spec.preprocessing.input_size  # its weights' transform
+    (232, 224)
+    >>> spec.weights.filename  # in the torch hub cache, downloaded there when first used
+    'resnet50-11ad3fa6.pth'
+    >>> get_backbone_spec("resnet50", weights=None).weights is None  # random initialisation
+    True
+
+    timm's models come with their pretrained tag, which may set the input size:
+
+    >>> tagged = get_backbone_spec("timm/resnet18.a3_in1k")
+    >>> tagged.library, tagged.preprocessing.input_size, tagged.weights.repo_id
+    ('timm', 160, 'timm/resnet18.a3_in1k')
     """
     return _registry_spec(name, _check_weights(weights))
 
@@ -341,8 +360,31 @@ def load_backbone(spec: BackboneSpec | str, weights: str | None = "default") -> 
     backbone : Backbone
         Stages named as ``spec.stages`` and the model's own pooling, in eval
         mode, on the CPU, in float32.
+
+    Raises
+    ------
+    WeightsNotFoundError
+        The weights are not on this machine and cannot be downloaded.
+    WeightsIntegrityError
+        A weights file does not fit the network, or its sha256 is not the expected one.
+
+    Examples
+    --------
+    Features of a real photo, prepared as the weights expect:
+
+    >>> import torch
+    >>> from skimage.data import chelsea
+    >>> from sktransfer import get_backbone_spec, load_backbone
+    >>> spec = get_backbone_spec("efficientnet_lite0")
+    >>> backbone = load_backbone(spec)
+    >>> with torch.inference_mode():
+    ...     features = backbone(spec.preprocessing(chelsea())[None])
+    >>> features.shape
+    torch.Size([1, 1280])
+    >>> bool(torch.isfinite(features).all())
+    True
     """
     if isinstance(spec, str):
-        spec = get_backbone_spec(spec, weights)
+        spec = resolve_spec(spec, weights)  # a weights file is checked as the estimators check it
     stages, pool = spec.cut(load_network(spec))
     return Backbone(stages, pool).eval()
