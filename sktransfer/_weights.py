@@ -23,11 +23,65 @@ import torch
 
 
 class WeightsNotFoundError(FileNotFoundError):
-    """Raised when pretrained weights are not available on this machine."""
+    """Raised when pretrained weights are not available on this machine.
+
+    The message names the file, the folder it was looked for in and where to
+    get it.
+
+    Examples
+    --------
+    A weights file that is not there:
+
+    >>> from sktransfer import WeightsNotFoundError, get_backbone_spec
+    >>> try:  # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
+    ...     get_backbone_spec("resnet18", weights="resnet18-finetuned.pth")
+    ... except WeightsNotFoundError as error:
+    ...     print(error)
+    weights file 'resnet18-finetuned.pth' does not exist; weights must be 'default', None
+    (random initialisation) or the path of a state dict file
+
+    Pretrained weights missing from an empty torch hub cache, with downloads
+    off (``SKTRANSFER_OFFLINE=1``):
+
+    >>> import os
+    >>> import tempfile
+    >>> from unittest import mock
+    >>> from sktransfer import load_backbone
+    >>> empty = tempfile.TemporaryDirectory()
+    >>> offline = {"SKTRANSFER_OFFLINE": "1", "TORCH_HOME": empty.name}
+    >>> with mock.patch.dict(os.environ, offline):  # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
+    ...     try:
+    ...         load_backbone("resnet18")
+    ...     except WeightsNotFoundError as error:
+    ...         print(error)
+    pretrained weights file 'resnet18-f37072fd.pth' is not in the torch hub cache
+    '.../hub/checkpoints' and downloads are off (SKTRANSFER_OFFLINE / HF_HUB_OFFLINE).
+    Copy it from https://download.pytorch.org/models/resnet18-f37072fd.pth to ...
+    >>> empty.cleanup()
+    """
 
 
 class WeightsIntegrityError(ValueError):
-    """Raised when a weights file does not match its expected sha256 or format."""
+    """Raised when a weights file does not match its expected sha256 or format.
+
+    Examples
+    --------
+    A state dict that is not ResNet-18's:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import torch
+    >>> from sktransfer import WeightsIntegrityError, load_backbone
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = Path(folder.name, "head_only.pt")
+    >>> torch.save({"fc.weight": torch.zeros(3, 512), "fc.bias": torch.zeros(3)}, path)
+    >>> try:  # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
+    ...     load_backbone("resnet18", weights=path)
+    ... except WeightsIntegrityError as error:
+    ...     print(str(error).splitlines()[0])
+    weights file '...head_only.pt' does not fit resnet18: Error(s) in loading state_dict for ResNet:
+    >>> folder.cleanup()
+    """
 
 
 _TRUE = ("1", "true", "yes", "on")

@@ -75,9 +75,34 @@ def load_image_folder(root, extensions=None):
 
     Examples
     --------
-    >>> X, y = load_image_folder("pets/")  # doctest: +SKIP
-    >>> sorted(set(y))  # doctest: +SKIP
-    ['misty', 'neither', 'tigger']
+    A ``pets/`` folder with one sub-folder per class, made here from photos
+    that scikit-image ships (your own photos go in such folders):
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from PIL import Image
+    >>> from skimage.data import astronaut, chelsea, coffee
+    >>> from sktransfer.datasets import load_image_folder
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> pets = Path(folder.name, "pets")
+    >>> photos = {
+    ...     "tigger/0.jpg": chelsea(),
+    ...     "neither/1.jpg": coffee(),
+    ...     "neither/2.jpg": astronaut(),
+    ...     "misty/indoor/3.jpg": chelsea()[:, ::-1],  # images at any depth count
+    ... }
+    >>> for name, photo in photos.items():
+    ...     (pets / name).parent.mkdir(parents=True, exist_ok=True)
+    ...     Image.fromarray(photo).save(pets / name)
+    >>> X, y = load_image_folder(pets)
+    >>> y
+    array(['misty', 'neither', 'neither', 'tigger'], dtype='<U7')
+    >>> [str(Path(path).relative_to(pets)) for path in X]
+    ['misty/indoor/3.jpg', 'neither/1.jpg', 'neither/2.jpg', 'tigger/0.jpg']
+    >>> folder.cleanup()
+
+    ``X`` goes straight into :class:`~sktransfer.PretrainedFeaturizer` or a
+    fine-tuner.
     """
     root = Path(root)
     if not root.is_dir():
@@ -175,6 +200,20 @@ def load_textures(patch_size=64, stride=None):
     images : ndarray of uint8, shape (n_samples, patch_size, patch_size)
     labels : ndarray of str, shape (n_samples,)
         ``"brick"``, ``"grass"`` or ``"gravel"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sktransfer.datasets import load_textures
+    >>> images, labels = load_textures()
+    >>> images.shape, images.dtype
+    ((192, 64, 64), dtype('uint8'))
+    >>> np.unique(labels)
+    array(['brick', 'grass', 'gravel'], dtype='<U6')
+    >>> load_textures(patch_size=128)[0].shape  # larger patches, fewer of them
+    (48, 128, 128)
+    >>> load_textures(patch_size=128, stride=64)[0].shape  # overlapping
+    (147, 128, 128)
     """
     data = _skimage_data()
     stride = stride or patch_size
@@ -197,6 +236,15 @@ def load_faces():
         Grayscale in [0, 1].
     labels : ndarray of str, shape (200,)
         ``"face"`` for the first 100, ``"non-face"`` for the rest.
+
+    Examples
+    --------
+    >>> from sktransfer.datasets import load_faces
+    >>> images, labels = load_faces()
+    >>> images.shape, float(images.min()), float(images.max())
+    ((200, 25, 25), 0.0, 1.0)
+    >>> labels[0], labels[-1]
+    (np.str_('face'), np.str_('non-face'))
     """
     images = _skimage_data().lfw_subset()
     return images, np.array(["face"] * 100 + ["non-face"] * 100)
@@ -227,6 +275,21 @@ def make_exposure_patches(n_samples, patch_size=64, gain_range=(0.25, 1.75), ran
     -------
     images : ndarray of uint8, shape (n_samples, patch_size, patch_size, 3)
     gains : ndarray of float64, shape (n_samples,)
+
+    Examples
+    --------
+    >>> from sktransfer.datasets import make_exposure_patches
+    >>> images, gains = make_exposure_patches(5, patch_size=32, random_state=0)
+    >>> images.shape, images.dtype
+    ((5, 32, 32, 3), dtype('uint8'))
+    >>> gains.round(2)
+    array([1.21, 0.65, 0.31, 0.27, 1.47])
+
+    The same ``random_state`` gives the same patches and gains:
+
+    >>> again, _ = make_exposure_patches(5, patch_size=32, random_state=0)
+    >>> bool((again == images).all())
+    True
     """
     data = _skimage_data()
     photos = [getattr(data, name)() for name in EXPOSURE_PHOTOS]
@@ -255,6 +318,21 @@ def save_image_folder(images, labels, root, suffix=".jpg"):
     Returns
     -------
     root : Path
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from sktransfer.datasets import load_image_folder, load_textures, save_image_folder
+    >>> images, labels = load_textures(patch_size=128)
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> root = save_image_folder(images[::16], labels[::16], Path(folder.name, "textures"))
+    >>> sorted(str(path.relative_to(root)) for path in root.rglob("*.jpg"))
+    ['brick/00000.jpg', 'grass/00001.jpg', 'gravel/00002.jpg']
+    >>> X, y = load_image_folder(root)
+    >>> y
+    array(['brick', 'grass', 'gravel'], dtype='<U6')
+    >>> folder.cleanup()
     """
     from PIL import Image
 

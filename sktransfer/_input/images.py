@@ -56,7 +56,26 @@ _PIL_OBJECTS_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class ImageFailure:
-    """One sample that could not be used: where it is and what was wrong."""
+    """One sample that could not be used: where it is and what was wrong.
+
+    :class:`InvalidImageError` lists one per bad sample in ``failures``.
+
+    Attributes
+    ----------
+    index : int
+        Position of the sample in the input.
+    path : str or None
+        The file, when the sample is a path.
+    reason : str
+        What was wrong with it.
+
+    Examples
+    --------
+    >>> from sktransfer import ImageFailure
+    >>> failure = ImageFailure(3, "photos/misty.jpg", "file does not exist")
+    >>> print(failure)
+    sample 3 (photos/misty.jpg): file does not exist
+    """
 
     index: int
     path: str | None
@@ -74,6 +93,31 @@ class InvalidImageError(ValueError):
     ----------
     failures : list of ImageFailure
         Index, path (when the sample is a file) and reason of each bad sample.
+
+    Examples
+    --------
+    A folder with one photo, one text file named like a photo, and a path
+    to nothing:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from PIL import Image
+    >>> from skimage.data import chelsea
+    >>> from sktransfer import InvalidImageError, PretrainedFeaturizer
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> photo, notes = Path(folder.name, "tigger.jpg"), Path(folder.name, "notes.jpg")
+    >>> Image.fromarray(chelsea()).save(photo)
+    >>> _ = notes.write_text("Tigger, sleeping")
+    >>> try:
+    ...     PretrainedFeaturizer(progress=False).fit_transform([photo, notes, "misty.jpg"])
+    ... except InvalidImageError as error:
+    ...     for failure in error.failures:
+    ...         print(failure.index, Path(failure.path).name, "-", failure.reason)
+    1 notes.jpg - not an image file (unrecognised format)
+    2 misty.jpg - file does not exist
+    >>> folder.cleanup()
+
+    ``on_error="nan"`` returns NaN rows for them instead, and features for the rest.
     """
 
     def __init__(self, failures: list[ImageFailure]):

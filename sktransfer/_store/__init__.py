@@ -172,6 +172,25 @@ def clear_cache(cache="memory") -> None:
     ------
     UntrustedCacheError
         As in :func:`cache_info`; nothing is deleted.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sktransfer import PretrainedFeaturizer, cache_info, clear_cache
+    >>> from sktransfer.datasets import load_textures
+    >>> images, labels = load_textures(patch_size=32)
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> featurizer = PretrainedFeaturizer(cache=folder.name, progress=False)
+    >>> features = featurizer.fit_transform(images[:4])
+    >>> cache_info(folder.name).entries > 0
+    True
+    >>> clear_cache(folder.name)
+    >>> cache_info(folder.name).entries
+    0
+    >>> clear_cache()  # the process-wide memory cache
+    >>> cache_info()
+    CacheInfo(entries=0, nbytes=0)
+    >>> folder.cleanup()
     """
     store = _existing(resolve_store(cache))
     if store is None:

@@ -18,6 +18,23 @@ class UntrustedCacheError(PermissionError):
     Either someone other than the current user (or root) could have written
     it, so its features and models could be planted, or it holds a database
     that sktransfer did not create. The message says how to fix it.
+
+    Examples
+    --------
+    >>> import os
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from sktransfer import PretrainedFeaturizer, UntrustedCacheError
+    >>> shared = tempfile.TemporaryDirectory()
+    >>> os.chmod(shared.name, 0o777)  # anyone may write there
+    >>> featurizer = PretrainedFeaturizer(cache=shared.name, progress=False)
+    >>> try:  # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
+    ...     featurizer.fit_transform(np.zeros((1, 32, 32, 3), np.uint8))
+    ... except UntrustedCacheError as error:
+    ...     print(error)
+    the feature cache folder '...' is writable by other users (mode 777): features or models
+    planted there would be used as if you had computed them. Make it private: chmod go-w '...'
+    >>> shared.cleanup()
     """
 
 
