@@ -57,7 +57,7 @@ class ImageErrorsDisplay:
     >>> from sktransfer import PretrainedFeaturizer
     >>> from sktransfer.datasets import load_textures
     >>> from sktransfer.inspection import ImageErrorsDisplay
-    >>> X, y = load_textures(patch_size=64, stride=128)
+    >>> X, y = load_textures(patch_size=64, stride=256)
     >>> pipe = make_pipeline(PretrainedFeaturizer(progress=False), LogisticRegression())
     >>> display = ImageErrorsDisplay.from_estimator(pipe.fit(X, y), X, y, n=4)
     >>> len(display.indices), display.axes_.size

@@ -47,7 +47,7 @@ class TrainingHistoryDisplay:
     >>> from sktransfer import FineTuneClassifier
     >>> from sktransfer.datasets import load_textures
     >>> from sktransfer.inspection import TrainingHistoryDisplay
-    >>> X, y = load_textures(patch_size=64, stride=128)
+    >>> X, y = load_textures(patch_size=64, stride=256)
     >>> clf = FineTuneClassifier(max_epochs=3, random_state=0, progress=False).fit(X, y)
     >>> display = TrainingHistoryDisplay.from_estimator(clf)
     >>> display.epochs.tolist(), display.valid_loss is None

@@ -47,7 +47,7 @@ class SaliencyDisplay:
     >>> from sktransfer import PretrainedFeaturizer
     >>> from sktransfer.datasets import load_textures
     >>> from sktransfer.inspection import SaliencyDisplay
-    >>> X, y = load_textures(patch_size=64, stride=128)
+    >>> X, y = load_textures(patch_size=64, stride=256)
     >>> pipe = make_pipeline(PretrainedFeaturizer(progress=False), LogisticRegression())
     >>> display = SaliencyDisplay.from_estimator(pipe.fit(X, y), X[:2])
     >>> display.stage, display.maps[0].shape, float(display.maps[0].max())
