@@ -60,6 +60,7 @@ def image_axes(n: int, ax=None, n_cols: int | None = None):
             n_cols,
             figsize=(PANEL_SIZE[0] * n_cols, PANEL_SIZE[1] * n_rows),
             squeeze=False,
+            layout="constrained",  # makes room for the titles, and for a suptitle
         )
     elif hasattr(ax, "get_subplotspec") and n > 1:
         figure = ax.figure

@@ -122,7 +122,7 @@ class TrainingHistoryDisplay:
         display : TrainingHistoryDisplay
         """
         if ax is None:
-            _, ax = pyplot().subplots(figsize=(5.5, 3.5))
+            _, ax = pyplot().subplots(figsize=(5.5, 3.5), layout="constrained")
         self.figure_, self.ax_ = ax.figure, ax
         self.lines_ = {}
         (self.lines_["train_loss"],) = ax.plot(
