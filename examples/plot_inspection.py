@@ -74,7 +74,9 @@ errors.figure_.savefig("inspection_errors.png", dpi=100)
 # Grad-CAM weights the channels of the backbone's last spatial stage by how
 # much each raises the predicted class's score; the map is the positive
 # part of their weighted sum, drawn over the image. The white box is the
-# pasted square.
+# pasted square. Brick, unlike anything in grass, draws the map onto its
+# square; gravel is closer to grass, and its maps often lie elsewhere: the
+# model also reads gravel in the grass around it (the numbers below).
 saliency = SaliencyDisplay.from_estimator(pipe, X_test[:5])
 for axis, (top, left, size) in zip(saliency.axes_.flat, boxes_test[:5]):
     axis.add_patch(plt.Rectangle((left, top), size, size, fill=False, color="white", lw=1.5))
@@ -84,17 +86,25 @@ saliency.figure_.savefig("inspection_saliency.png", dpi=100)
 
 # %%
 # How much of each map falls on the pasted square, against the share of the
-# image the square covers: a model that looked anywhere would score the same.
-def share_on_square(maps, boxes):
+# image the square covers, which is what a map spread evenly would put there.
+def share_on_square(model, images, boxes):
+    display = SaliencyDisplay.from_estimator(model, images)
+    plt.close(display.figure_)  # only its maps are needed here
     on_square, area = [], []
-    for heat, (top, left, size) in zip(maps, boxes):
+    for heat, (top, left, size) in zip(display.maps, boxes):
         on_square.append(heat[top : top + size, left : left + size].sum() / heat.sum())
         area.append(size * size / heat.size)
-    return np.mean(on_square), np.mean(area)
+    return np.array(on_square), np.array(area)
 
 
-on_square, area = share_on_square(SaliencyDisplay.from_estimator(pipe, X_test).maps, boxes_test)
-print(f"heat on the pasted square, probe: {on_square:.2f} (the square covers {area:.2f})")
+on_square, area = share_on_square(pipe, X_test, boxes_test)
+print(
+    f"heat on the pasted square, probe: {on_square.mean():.2f} "
+    f"(the square covers {area.mean():.2f})"
+)
+for label in ("brick", "gravel"):
+    mine = y_test == label
+    print(f"  {label}: {on_square[mine].mean():.2f} (covers {area[mine].mean():.2f})")
 
 # %%
 # Fine-tuning, with a validation split, and its training curves
@@ -116,5 +126,8 @@ history.figure_.savefig("inspection_history.png", dpi=100)
 print(f"epochs recorded: {len(history.epochs)}")
 print(f"held-out accuracy, fine-tuned: {clf.score(X_test, y_test):.3f}")
 
-on_square, area = share_on_square(SaliencyDisplay.from_estimator(clf, X_test).maps, boxes_test)
-print(f"heat on the pasted square, fine-tuned: {on_square:.2f} (the square covers {area:.2f})")
+on_square, area = share_on_square(clf, X_test, boxes_test)
+print(
+    f"heat on the pasted square, fine-tuned: {on_square.mean():.2f} "
+    f"(the square covers {area.mean():.2f})"
+)
