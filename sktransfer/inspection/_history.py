@@ -42,8 +42,6 @@ class TrainingHistoryDisplay:
 
     Examples
     --------
-    >>> import matplotlib
-    >>> matplotlib.use("Agg")
     >>> from sktransfer import FineTuneClassifier
     >>> from sktransfer.datasets import load_textures
     >>> from sktransfer.inspection import TrainingHistoryDisplay
