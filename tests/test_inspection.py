@@ -312,6 +312,54 @@ class TestSaliencyDisplay:
             SaliencyDisplay.from_estimator(regressor.fit(X[:4], np.arange(4.0)), X[:1])
 
 
+class ScoresOf(nn.Module):
+    """A classifier's class scores (``ClassScores``) as one module, for other Grad-CAM code."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.stages = scores.stages
+        self.head = scores.head
+
+    def forward(self, x):
+        outputs = []
+        for stage in self.stages:
+            x = stage(x)
+            outputs.append(x)
+        return self.head(outputs)
+
+
+def test_grad_cam_matches_the_grad_cam_package(textures, texture_pipeline):
+    # jacobgil/pytorch-grad-cam's GradCAM on the same scores; it min-max scales its maps
+    # at the stage's size and again after resizing them to the input (scale_cam_image).
+    pytest.importorskip("cv2")
+    grad_cam_package = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.image import scale_cam_image
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from sktransfer.inspection._gradcam import _batch_cams, class_scores
+    from sktransfer.inspection._grid import decode_images
+
+    X, y = textures
+    clf = FineTuneClassifier(
+        make_tiny_backbone(), preprocessing=TINY_PREPROCESSING, freeze=1, max_epochs=2
+    )
+    for model in (texture_pipeline, clf.fit(X, y)):
+        scores = class_scores(model)
+        images = decode_images(X[::8])  # the gray patches as RGB
+        batch = torch.stack([eval_transform(scores.preprocessing)(image) for image in images])
+
+        for stage in (0, 1, 2):
+            ours, chosen, _ = _batch_cams(scores, batch, None, stage)
+            scores.network.eval()
+            cam = grad_cam_package.GradCAM(ScoresOf(scores), [scores.stages[stage]])
+            cam.compute_input_gradient = True  # gradients through frozen stages
+            theirs = cam(batch, targets=[ClassifierOutputTarget(int(c)) for c in chosen])
+            size = (batch.shape[-1], batch.shape[-2])
+            np.testing.assert_allclose(
+                scale_cam_image(scale_cam_image(ours, size)), theirs, atol=1e-5
+            )
+
+
 def test_heat_map_covers_what_the_evaluation_transform_keeps():
     # Each pixel holds its own coordinates; the transform's output says which it kept.
     height, width = 50, 300  # wider than 4:1, so the transform cuts the sides first
