@@ -163,6 +163,8 @@ class TestImageErrorsDisplay:
             )
         with pytest.raises(ValueError, match="multi-label"):
             ImageErrorsDisplay.from_predictions(np.eye(3)[:2], np.eye(3)[:2], X=X[:2])
+        with pytest.raises(ValueError, match="y_true has shape .* but y_pred has"):
+            ImageErrorsDisplay.from_predictions(y, y[:-1], X=X)
         with pytest.raises(ValueError, match="n must be a positive int"):
             ImageErrorsDisplay.from_estimator(texture_pipeline, X, y, n=0)
 

@@ -171,20 +171,20 @@ class ImageErrorsDisplay:
         if not isinstance(n, Integral) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-        if y_true.shape != y_pred.shape:
-            raise ValueError(f"y_true has shape {y_true.shape} but y_pred has {y_pred.shape}")
         if task is None:
             continuous = type_of_target(y_true) in ("continuous", "continuous-multioutput")
             task = "regression" if continuous and y_proba is None else "classification"
-        proba_true = proba_pred = None
-        if task == "regression":
-            errors = np.abs(y_true.astype(float) - y_pred.astype(float))
-            losses = errors.reshape(len(errors), -1).mean(axis=1)
-        elif y_true.ndim != 1:
+        if task == "classification" and y_true.ndim != 1:
             raise ValueError(
                 f"y_true has shape {y_true.shape}: multi-label targets are not supported; "
                 "show one label's errors at a time"
             )
+        if y_true.shape != y_pred.shape:
+            raise ValueError(f"y_true has shape {y_true.shape} but y_pred has {y_pred.shape}")
+        proba_true = proba_pred = None
+        if task == "regression":
+            errors = np.abs(y_true.astype(float) - y_pred.astype(float))
+            losses = errors.reshape(len(errors), -1).mean(axis=1)
         elif y_proba is None:
             losses = (y_true != y_pred).astype(float)
         else:
