@@ -5,7 +5,7 @@ Where does it go wrong? Confusion matrix and misclassified images
 
 An accuracy score says how often a classifier is wrong, not where. Two
 plots answer that: the confusion matrix (which classes get mixed up) and
-the misclassified images themselves (why: a blurred photo, a wrong label, a
+the images with the highest loss (why: a blurred photo, a wrong label, a
 class that really is ambiguous at this size).
 
 Every prediction below comes from a model that did not see the image in
@@ -27,6 +27,7 @@ from sklearn.pipeline import make_pipeline
 
 from sktransfer import PretrainedFeaturizer
 from sktransfer.datasets import load_textures
+from sktransfer.inspection import ImageErrorsDisplay
 
 X, y = load_textures(patch_size=24, stride=48)  # 121 patches per class
 pipe = make_pipeline(PretrainedFeaturizer(), LogisticRegression(max_iter=1000))
@@ -49,22 +50,19 @@ fig.tight_layout()
 fig.savefig("confusion_matrix.png", dpi=100)
 
 # %%
-# The misclassified patches
-# -------------------------
-# Sorted by how confident the wrong prediction was: confident mistakes are
-# the ones to look at first, as they often reveal a wrong label.
-wrong = np.flatnonzero(predicted != y)
-wrong = wrong[np.argsort(-proba[wrong].max(axis=1))]
-print(f"{len(wrong)} of {len(y)} patches misclassified")
+# The patches with the highest loss
+# ---------------------------------
+# :class:`~sktransfer.inspection.ImageErrorsDisplay` shows the images with
+# the highest loss, here the log loss of the true class: the mistakes come
+# first, the most confident first, as they often reveal a wrong label; then
+# the correct predictions the model hesitated over. ``from_predictions``
+# takes the out-of-fold probabilities, so no patch is judged by a model that
+# trained on it.
+wrong = int((predicted != y).sum())
+print(f"{wrong} of {len(y)} patches misclassified")
 
-n_columns = 5
-n_rows = max(1, -(-len(wrong) // n_columns))
-fig, axes = plt.subplots(n_rows, n_columns, figsize=(2.2 * n_columns, 2.8 * n_rows), squeeze=False)
-for ax in axes.flat:
-    ax.axis("off")
-for ax, index in zip(axes.flat, wrong):
-    ax.imshow(X[index], cmap="gray", vmin=0, vmax=255)
-    ax.set_title(f"{y[index]} -> {predicted[index]}\np = {proba[index].max():.2f}", fontsize=9)
-fig.suptitle("Misclassified patches: true -> predicted class")
-fig.tight_layout()
-fig.savefig("misclassified.png", dpi=100)
+display = ImageErrorsDisplay.from_predictions(
+    y, predicted, X=X, y_proba=proba, classes=classes, n=max(wrong, 5)
+)
+display.figure_.suptitle("Out-of-fold loss, highest first")
+display.figure_.savefig("misclassified.png", dpi=100)

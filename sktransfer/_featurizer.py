@@ -150,7 +150,8 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         per image (at the price of storing about 4x the bytes of the last
         stage alone, for the default backbone).
     progress : bool, default=True
-        Show a progress bar (only when output goes to a terminal or notebook).
+        Show a progress bar (only when output goes to a terminal or
+        notebook); it clears itself when done.
 
     Attributes
     ----------

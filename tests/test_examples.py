@@ -37,6 +37,11 @@ FIGURES = {
     "plot_freeze_depth.py": ["freeze_depth.png"],
     "plot_choose_layers.py": ["choose_layers.png"],
     "plot_regression.py": ["regression.png"],
+    "plot_inspection.py": [
+        "inspection_errors.png",
+        "inspection_saliency.png",
+        "inspection_history.png",
+    ],
 }
 
 
@@ -132,6 +137,21 @@ def check_regression(out):
     assert "chosen by the search: {" in out
 
 
+def check_inspection(out):
+    # Both models learned the task and their Grad-CAM maps lie on the pasted square
+    # far more than its share of the image; the history has one point per epoch.
+    assert number_after(out, "held-out accuracy:") >= 0.9
+    assert number_after(out, "held-out accuracy, fine-tuned:") >= 0.9
+    for model in ("probe", "fine-tuned"):
+        match = re.search(
+            rf"heat on the pasted square, {model}: (\S+) \(the square covers (\S+)\)", out
+        )
+        assert match, out
+        on_square, area = map(float, match.groups())
+        assert on_square > 2 * area, (model, on_square, area)
+    assert number_after(out, "epochs recorded:") == 12
+
+
 CHECKS = {
     "plot_quick_start.py": check_quick_start,
     "plot_learning_curve.py": check_learning_curve,
@@ -142,6 +162,7 @@ CHECKS = {
     "plot_freeze_depth.py": check_freeze_depth,
     "plot_choose_layers.py": check_choose_layers,
     "plot_regression.py": check_regression,
+    "plot_inspection.py": check_inspection,
 }
 
 

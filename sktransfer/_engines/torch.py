@@ -115,8 +115,8 @@ def run_batches(
         DataLoader processes decoding while the model runs; 0 decodes in
         threads of this process (see :func:`~sktransfer._input.loading.iterate_batches`).
     progress : str or None, default=None
-        Label of a tqdm progress bar (shown only on a terminal or notebook);
-        None shows none.
+        Label of a tqdm progress bar (shown only on a terminal or notebook,
+        and cleared when done); None shows none.
     as_numpy : bool, default=True
         Yield outputs as float32 ndarrays; False yields CPU float32 tensors.
     content_hash : callable, default=None
@@ -156,6 +156,7 @@ def run_batches(
         disable=progress is None or None,
         desc=progress,
         unit="batch",
+        leave=False,  # finished bars clear themselves, in a terminal and in a notebook
     )
     try:
         for batch_indices, batch, failures, *contents in bar:

@@ -28,5 +28,7 @@ class EpochProgress(Callback):
         self.bar_.set_postfix(train_loss=f"{net.history[-1, 'train_loss']:.4f}", refresh=False)
 
     def on_train_end(self, net, X=None, y=None, **kwargs):
+        # Stopped early (EarlyStopping) is done too: a notebook keeps an unfinished bar, in red.
+        self.bar_.total = self.bar_.n
         self.bar_.close()
         self.bar_ = None  # a fitted net pickles without a terminal handle
