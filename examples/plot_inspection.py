@@ -91,7 +91,7 @@ def share_on_square(model, images, boxes):
     display = SaliencyDisplay.from_estimator(model, images)
     plt.close(display.figure_)  # only its maps are needed here
     on_square, area = [], []
-    for heat, (top, left, size) in zip(display.maps, boxes):
+    for heat, (top, left, size) in zip(display.maps_, boxes):
         on_square.append(heat[top : top + size, left : left + size].sum() / heat.sum())
         area.append(size * size / heat.size)
     return np.array(on_square), np.array(area)

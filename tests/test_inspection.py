@@ -237,7 +237,7 @@ class TestSaliencyDisplay:
         model = models[kind]
         scene = red_square_scene()
         display = SaliencyDisplay.from_estimator(model, [scene], target="red")
-        (heat,) = display.maps
+        (heat,) = display.maps_
         assert heat.shape == scene.shape[:2] and heat.dtype == np.float32
         assert heat.min() == 0 and heat.max() == 1
         row, col = np.unravel_index(heat.argmax(), heat.shape)
@@ -246,7 +246,7 @@ class TestSaliencyDisplay:
         assert not heat[:, :6].any() and not heat[:, 114:].any()
         assert display.stage == "pixels" and display.targets.tolist() == ["red"]
         # Asked about blue, the red square argues against it.
-        blue = SaliencyDisplay.from_estimator(model, [scene], target="blue").maps[0]
+        blue = SaliencyDisplay.from_estimator(model, [scene], target="blue").maps_[0]
         assert blue[10:30, 25:45].max() < 0.05
 
     @pytest.mark.parametrize("kind", ["pipeline", "fine-tuner"])
@@ -281,9 +281,9 @@ class TestSaliencyDisplay:
         first = SaliencyDisplay.from_estimator(pipe, [chelsea], stage=0)
         assert last.stage == "2" and first.stage == "0"
         for display in (last, first):
-            assert display.maps[0].shape == chelsea.shape[:2]
-            assert display.maps[0].max() == 1
-        assert not np.allclose(last.maps[0], first.maps[0])
+            assert display.maps_[0].shape == chelsea.shape[:2]
+            assert display.maps_[0].max() == 1
+        assert not np.allclose(last.maps_[0], first.maps_[0])
         with pytest.raises(ValueError, match=r"stage='block9' is not a stage .*0=0 \(4, "):
             SaliencyDisplay.from_estimator(pipe, [chelsea], stage="block9")
         with pytest.raises(ValueError, match="target='sand' is not one of the classes"):
@@ -463,7 +463,7 @@ def test_grad_cam_peaks_in_the_quadrant_of_the_object(photos):
     for model in (pipe, clf):
         display = SaliencyDisplay.from_estimator(model, scenes, target="cat")
         assert display.stage == "head"
-        for quadrant, heat in zip(QUADRANTS, display.maps):
+        for quadrant, heat in zip(QUADRANTS, display.maps_):
             halves = {"top": heat[:128], "bottom": heat[128:]}
             vertical, horizontal = quadrant.split("-")
             rows = halves[vertical]

@@ -35,6 +35,9 @@ class SaliencyDisplay:
     figure_ : matplotlib Figure
     axes_ : ndarray of matplotlib Axes
         One per image (a grid; spare ones hidden).
+    maps_ : list of ndarray
+        The heat maps drawn: ``maps``, one float ``(H, W)`` array per image
+        at its own height and width, in [0, 1].
     overlays_ : list of matplotlib AxesImage
         The heat maps as drawn.
 
@@ -48,7 +51,7 @@ class SaliencyDisplay:
     >>> X, y = load_textures(patch_size=64, stride=256)
     >>> pipe = make_pipeline(PretrainedFeaturizer(progress=False), LogisticRegression())
     >>> display = SaliencyDisplay.from_estimator(pipe.fit(X, y), X[:2])
-    >>> display.stage, display.maps[0].shape, float(display.maps[0].max())
+    >>> display.stage, display.maps_[0].shape, float(display.maps_[0].max())
     ('head', (64, 64), 1.0)
     """
 
@@ -123,6 +126,7 @@ class SaliencyDisplay:
         display : SaliencyDisplay
         """
         self.figure_, self.axes_ = image_axes(len(self.images), ax, n_cols)
+        self.maps_ = self.maps
         self.overlays_ = []
         for axis, image, heat, target in zip(self.axes_.flat, self.images, self.maps, self.targets):
             axis.imshow(image)
