@@ -306,7 +306,7 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
         """Back to a new estimator's state: a fit interrupted before its first epoch.
 
         Its network has the random new head, which ``predict`` would use as if
-        trained; so the estimator is left as ``clone`` would leave it, unfitted.
+        trained; so the estimator becomes a new one with the same parameters, unfitted.
         """
         unfitted = type(self)(**self.get_params(deep=False))
         vars(self).clear()
