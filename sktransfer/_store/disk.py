@@ -67,10 +67,14 @@ class DiskStore:
     :class:`UntrustedCacheError`. A store written before the mark existed
     (our exact tables and version, application id 0) is adopted and marked.
 
-    The directory and the database must belong to the current user (or to
-    root) and be writable by their owner alone (or the owner's private
-    group), or every call raises :class:`UntrustedCacheError`: a store that
-    others can write could serve features they planted.
+    The directory, the database and its ``-wal`` and ``-shm`` files must
+    belong to the current user (or to root) and be writable by their owner
+    alone, by mode and POSIX ACL (or by the owner's private group, see
+    :func:`~sktransfer._store.trust.check_private`), or every call raises
+    :class:`UntrustedCacheError`: a store that others can write could serve
+    features they planted. A database that is a symbolic link is followed
+    (its folder is checked too); one that leads to no file raises
+    :class:`FileNotFoundError`.
 
     A database that SQLite finds corrupt (garbage, truncated), or one of ours
     with another schema version, is moved aside to ``features.sqlite.corrupt``
