@@ -19,7 +19,7 @@ from ._backbones import Backbone, BackboneSpec, Preprocessing, load_backbone, re
 from ._engines.device import precision_name, resolve_device, resolve_precision
 from ._engines.onnx import check_engine, onnx_engine
 from ._engines.torch import run_batches
-from ._input.images import ImageCollection, InvalidImageError
+from ._input.images import ImageCollection, InvalidImageError, read_once
 from ._input.transforms import DECODES, decode_min_side
 from ._layers import (
     OWN,
@@ -256,6 +256,24 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         self.layers_ = tuple((stage, pooling, widths[stage, pooling]) for stage, pooling in entries)
         self.n_features_out_ = sum(width for *_, width in self.layers_)
         return self
+
+    def fit_transform(self, X, y=None, **fit_params):
+        """Fit, then compute one feature vector per image of the same ``X``.
+
+        Parameters
+        ----------
+        X : collection of images
+            As in :meth:`transform`; an iterator (a generator) is read once,
+            for both steps.
+        y : ignored
+        **fit_params : dict
+            Passed to :meth:`fit`.
+
+        Returns
+        -------
+        features : ndarray of shape (n_samples, n_features), dtype float32
+        """
+        return super().fit_transform(read_once(X), y, **fit_params)
 
     def get_feature_names_out(self, input_features=None):
         """Names of the output columns.

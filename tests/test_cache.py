@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sktransfer._store import CacheInfo, cache_info, clear_cache, resolve_store
+from sktransfer._store import CacheInfo, cache_info, clear_cache, resolve_store, trust
 from sktransfer._store.disk import _INHERITED_CONNECTIONS, DATABASE_NAME, CacheWarning, DiskStore
 from sktransfer._store.keys import content_hash, feature_key
 from sktransfer._store.memory import MemoryStore, default_memory_store, set_memory_limit
@@ -720,6 +720,169 @@ class TestDiskPermissions:
         tmp_path.chmod(0o770)  # umask 002, as Debian and Ubuntu give their users
         DiskStore(tmp_path).put_many(["a"], np.ones((1, 2)))
         assert_bitwise_equal(DiskStore(tmp_path).get_many(["a"])[0], np.ones(2))
+
+
+#: POSIX access ACLs as ``setfacl -m ENTRY`` writes them on a folder of mode 0755
+#: (bytes read back with os.getxattr), for where setfacl is not installed.
+ACL_BYTES = {
+    "u:12345:rwx": "0200000001000700ffffffff020007003930000004000500ffffffff"
+    "10000700ffffffff20000500ffffffff",
+    "g:65534:rwx": "0200000001000700ffffffff04000500ffffffff08000700feff0000"
+    "10000700ffffffff20000500ffffffff",
+}
+
+
+def grant(path, entry):
+    """Add the ACL entry ``entry`` to ``path``: with setfacl, else as the bytes it writes."""
+    if shutil.which("setfacl"):
+        subprocess.run(["setfacl", "-m", entry, os.fspath(path)], check=True)
+        return
+    try:
+        os.setxattr(path, "system.posix_acl_access", bytes.fromhex(ACL_BYTES[entry]))
+    except OSError as exc:
+        pytest.skip(f"this file system takes no POSIX ACLs ({exc})")
+
+
+@pytest.mark.skipif(not hasattr(os, "setxattr"), reason="POSIX ACLs are Linux's here")
+class TestDiskAcl:
+    """A POSIX ACL can let others write where the mode bits look private."""
+
+    @pytest.mark.parametrize(
+        ("entry", "who"),
+        [("u:12345:rwx", "user uid 12345"), ("g:65534:rwx", "group nogroup")],
+        ids=["named-user", "named-group"],
+    )
+    def test_a_folder_an_acl_lets_others_write_is_refused(self, shared_tmp, entry, who):
+        directory = shared_tmp / "cache"
+        directory.mkdir()
+        grant(directory, entry)
+        directory.chmod(0o770)  # drwxrwx---+: the group bits are the ACL's mask
+        if os.geteuid() == 0 and entry.startswith("u:"):
+            os.seteuid(12345)
+            try:  # the grant is real: that user can plant a file there
+                (directory / f"{DATABASE_NAME}-wal").write_bytes(b"planted")
+            finally:
+                os.seteuid(0)
+            (directory / f"{DATABASE_NAME}-wal").unlink()
+        match = f"writable by {who}, by its ACL .*setfacl -b '{directory}'"
+        with pytest.raises(UntrustedCacheError, match=match):
+            DiskStore(directory).put_many(["a"], np.ones((1, 2)))
+        assert not list(directory.iterdir())
+
+    def test_a_database_an_acl_lets_others_write_is_refused(self, tmp_path):
+        fill(tmp_path, n_rows=2)
+        grant(tmp_path / DATABASE_NAME, "u:12345:rwx")
+        with pytest.raises(UntrustedCacheError, match="database .* writable by user uid 12345"):
+            DiskStore(tmp_path).get_many(["k0"])
+
+    def test_an_acl_whose_mask_forbids_writing_is_private(self, tmp_path):
+        grant(tmp_path, "u:12345:rwx")
+        tmp_path.chmod(0o750)  # the mask becomes r-x: the named user may read, not write
+        DiskStore(tmp_path).put_many(["a"], np.ones((1, 2)))
+        assert_bitwise_equal(DiskStore(tmp_path).get_many(["a"])[0], np.ones(2))
+
+
+class TestDiskWriteAheadLog:
+    """SQLite replays a -wal file into the database: it must be the owner's alone."""
+
+    def planted_wal(self, directory, tmp_path):
+        """A -wal file that makes key k0 read as [7, 7], written through a copy of the store."""
+        copy = tmp_path / "copy"
+        shutil.copytree(directory, copy)
+        store = DiskStore(copy)
+        store._run(lambda db: db.execute("PRAGMA wal_autocheckpoint=0"))
+        store.put_many(["k0"], np.full((1, 2), 7.0))
+        wal = (copy / f"{DATABASE_NAME}-wal").read_bytes()
+        store.close()
+        return wal
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+    def test_a_wal_file_of_another_user_is_refused(self, tmp_path):
+        directory = tmp_path / "cache"
+        fill(directory, n_rows=2, dim=2)
+        wal = directory / f"{DATABASE_NAME}-wal"
+        wal.write_bytes(self.planted_wal(directory, tmp_path))
+        os.chown(wal, 12345, 12345)
+        with pytest.raises(UntrustedCacheError, match="-wal file .* belongs to uid 12345"):
+            DiskStore(directory).get_many(["k0"])
+        wal.unlink()
+        assert DiskStore(directory).get_many(["k0"])[0].tolist() != [7.0, 7.0]
+
+    @pytest.mark.parametrize("suffix", ["-wal", "-shm"])
+    def test_a_wal_or_shm_file_others_may_write_is_refused(self, tmp_path, suffix):
+        directory = tmp_path / "cache"
+        fill(directory, n_rows=2, dim=2)
+        path = directory / f"{DATABASE_NAME}{suffix}"
+        path.write_bytes(self.planted_wal(directory, tmp_path) if suffix == "-wal" else b"")
+        path.chmod(0o666)
+        with pytest.raises(UntrustedCacheError, match=f"{suffix} file .* by other users"):
+            DiskStore(directory).get_many(["k0"])
+
+    def test_the_owners_own_wal_file_is_replayed(self, tmp_path):
+        """What the checks guard against is real: SQLite applies a -wal file it finds."""
+        directory = tmp_path / "cache"
+        fill(directory, n_rows=2, dim=2)
+        wal = directory / f"{DATABASE_NAME}-wal"
+        wal.write_bytes(self.planted_wal(directory, tmp_path))
+        wal.chmod(0o600)
+        assert DiskStore(directory).get_many(["k0"])[0].tolist() == [7.0, 7.0]
+
+
+class TestPrivateGroupWhereUsersAreNotAllListed:
+    """With LDAP or SSSD, who else has a group cannot be known: group write is refused."""
+
+    @pytest.fixture
+    def private_group(self):
+        if not _private_group(os.getegid(), os.geteuid()):
+            pytest.skip("this user has no private group")
+
+    def nsswitch(self, tmp_path, monkeypatch, sources):
+        conf = tmp_path / "nsswitch.conf"
+        conf.write_text(
+            f"# a comment: passwd: ldap\npasswd:  {sources}\ngroup:   {sources}\nhosts: dns\n"
+        )
+        monkeypatch.setattr(trust, "NSSWITCH", conf)
+
+    def test_group_write_is_refused_when_users_come_from_sssd(
+        self, tmp_path, monkeypatch, private_group
+    ):
+        self.nsswitch(tmp_path, monkeypatch, "files [NOTFOUND=return] sss")
+        directory = tmp_path / "cache"
+        directory.mkdir(mode=0o770)
+        directory.chmod(0o770)
+        with pytest.raises(UntrustedCacheError, match=r"users also come from sss.*chmod go-w"):
+            DiskStore(directory).put_many(["a"], np.ones((1, 2)))
+
+    def test_local_and_systemd_users_are_all_listed(self, tmp_path, monkeypatch, private_group):
+        self.nsswitch(tmp_path, monkeypatch, "files systemd")
+        directory = tmp_path / "cache"
+        directory.mkdir()
+        directory.chmod(0o770)
+        DiskStore(directory).put_many(["a"], np.ones((1, 2)))
+
+
+class TestDiskLinks:
+    def test_a_dangling_link_names_the_cache_and_where_it_leads(self, tmp_path):
+        target = tmp_path / "unmounted" / "features.sqlite"
+        (tmp_path / DATABASE_NAME).symlink_to(target)
+        match = f"cache '{tmp_path}' holds {DATABASE_NAME} as a symbolic link to '{target}'"
+        with pytest.raises(FileNotFoundError, match=match):
+            DiskStore(tmp_path).get_many(["a"])
+        assert not target.parent.exists()  # nothing created where the link points
+
+    def test_a_link_to_a_database_elsewhere_is_used(self, tmp_path):
+        fill(tmp_path / "elsewhere", n_rows=2, dim=2)
+        (tmp_path / "cache").mkdir(mode=0o700)
+        (tmp_path / "cache" / DATABASE_NAME).symlink_to(tmp_path / "elsewhere" / DATABASE_NAME)
+        assert DiskStore(tmp_path / "cache").get_many(["k0"])[0] is not None
+
+    def test_a_link_into_a_folder_others_may_write_is_refused(self, tmp_path):
+        fill(tmp_path / "shared", n_rows=2, dim=2)
+        (tmp_path / "shared").chmod(0o777)  # others could plant a -wal beside the database
+        (tmp_path / "cache").mkdir(mode=0o700)
+        (tmp_path / "cache" / DATABASE_NAME).symlink_to(tmp_path / "shared" / DATABASE_NAME)
+        with pytest.raises(UntrustedCacheError, match="shared' is writable by other users"):
+            DiskStore(tmp_path / "cache").get_many(["k0"])
 
 
 class TestDiskReadOnly:

@@ -273,3 +273,32 @@ def test_random_weights_are_never_cached():
     for _ in range(2):
         PretrainedFeaturizer("resnet18", weights=None, progress=False).fit_transform(X)
     assert cache_info("memory").entries == before
+
+
+@pytest.mark.parametrize("how", ["KeyboardInterrupt", "SIGINT"])
+def test_an_interrupted_transform_stops_and_keeps_the_batches_it_finished(tmp_path, how):
+    """Ctrl-C during transform propagates; the next run computes only what was left."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT does not raise KeyboardInterrupt in this process")
+    X = make_images(12)
+    featurizer = counting_featurizer(cache=tmp_path / "cache", batch_size=4).fit(X)
+    forward = CountingBackbone.forward
+
+    def interrupted_at_the_third_batch(self, x):
+        if FORWARDS["images"] - before == 8:
+            if how == "SIGINT":
+                os.kill(os.getpid(), signal.SIGINT)  # Python raises KeyboardInterrupt here
+            else:
+                raise KeyboardInterrupt
+        return forward(self, x)
+
+    before = FORWARDS["images"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CountingBackbone, "forward", interrupted_at_the_third_batch)
+        with pytest.raises(KeyboardInterrupt):
+            featurizer.transform(X)
+    assert cache_info(tmp_path / "cache").entries == 8 * ENTRIES
+    count, features = count_forwards(lambda: featurizer.transform(X))
+    assert count == 4
+    expected = counting_featurizer(cache=None).fit_transform(X)
+    np.testing.assert_allclose(features, expected, atol=1e-6)

@@ -9,10 +9,12 @@ can tell the four classes apart.
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.base import clone
 from sklearn.compose import ColumnTransformer, make_column_transformer
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import (
+    GridSearchCV,
     StratifiedKFold,
     cross_val_predict,
     cross_val_score,
@@ -26,6 +28,7 @@ from sklearn.utils import estimator_html_repr
 from sktransfer import PretrainedFeaturizer
 
 from .conftest import TINY_PREPROCESSING, make_tiny_backbone
+from .test_finetune import make_clf
 
 pd = pytest.importorskip("pandas")
 skimage_data = pytest.importorskip("skimage.data")
@@ -179,3 +182,46 @@ class TestComposition:
         pipe = make_pipeline(photo_and_price(tiny_featurizer()), LogisticRegression())
         for html in (estimator_html_repr(pipe), pipe._repr_html_()):
             assert "PretrainedFeaturizer" in html and "StandardScaler" in html
+
+
+class TestIterators:
+    """A generator of images works in every call, read once per call (GridSearchCV aside)."""
+
+    @pytest.fixture(scope="class")
+    @staticmethod
+    def photos(products):
+        return list(products["photo"][:24]), products["label"][:24].to_numpy()
+
+    def test_fit_transform_and_a_pipeline_read_a_generator_once(self, photos):
+        paths, labels = photos
+        expected = tiny_featurizer().fit_transform(paths)
+        np.testing.assert_array_equal(tiny_featurizer().fit_transform(p for p in paths), expected)
+        pipe = make_pipeline(tiny_featurizer(), LogisticRegression(max_iter=1000))
+        from_list = clone(pipe).fit(paths, labels).predict_proba(paths)
+        from_generators = pipe.fit((p for p in paths), labels).predict_proba(p for p in paths)
+        np.testing.assert_array_equal(from_generators, from_list)
+
+    def test_a_fine_tuner_in_a_pipeline_reads_a_generator_once(self, photos):
+        paths, labels = photos
+        pipe = make_pipeline(make_clf(max_epochs=1, random_state=0))
+        from_list = clone(pipe).fit(paths, labels).predict_proba(paths)
+        from_generators = pipe.fit(iter(paths), labels).predict_proba(iter(paths))
+        np.testing.assert_allclose(from_generators, from_list, atol=1e-6)
+
+    def test_a_generator_read_by_an_earlier_call_is_named(self, photos):
+        images = (p for p in photos[0])
+        featurizer = tiny_featurizer().fit(images)
+        with pytest.raises(ValueError, match="iterator that yielded none.*pass a list"):
+            featurizer.transform(images)
+
+    def test_grid_search_needs_a_list_and_says_so(self, photos):
+        """GridSearchCV indexes X by fold: scikit-learn refuses a generator, naming it."""
+        paths, labels = photos
+        search = GridSearchCV(
+            make_pipeline(tiny_featurizer(), LogisticRegression(max_iter=1000)),
+            {"logisticregression__C": [0.1, 1.0]},
+            cv=2,
+        )
+        with pytest.raises(TypeError, match="generator object"):
+            search.fit((p for p in paths), labels)
+        assert search.fit(list(p for p in paths), labels).best_score_ > 0.5

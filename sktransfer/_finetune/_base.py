@@ -10,6 +10,9 @@ views and persistence. A task (:class:`FineTuneClassifier`,
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import warnings
 from numbers import Integral
 
 import numpy as np
@@ -38,6 +41,19 @@ from ._params import (
 
 #: Parameters the network is built from: changing one rebuilds it, even with warm_start.
 NETWORK_PARAMS = ("backbone", "weights", "preprocessing", "head", "dropout", "freeze")
+
+
+def _stacklevel_outside_package() -> int:
+    """``stacklevel`` that attributes a warning to the first caller outside sktransfer.
+
+    So it is shown once per line of the user's code (Python's default filter), not
+    once per process; fit and partial_fit reach the caller by different paths.
+    """
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
@@ -260,19 +276,41 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
         Returns
         -------
         self : object
+
+        Raises
+        ------
+        KeyboardInterrupt
+            Interrupted (Ctrl-C) before the first epoch finished, while the
+            images were decoded or the frozen stages computed: the estimator
+            is left unfitted. Interrupted later, ``fit`` keeps the finished
+            epochs, as skorch does, and warns how many ran.
         """
         check_params(self)
         with self._seeded():
             fresh = not self.warm_start or not self.initialized_ or self._network_params_changed()
-            if fresh:
-                self._learn_targets(y)
-                self.initialize()
-            self._warmup_pending = fresh
             try:
+                if fresh:
+                    self._learn_targets(y)
+                    self.initialize()
+                self._warmup_pending = fresh
                 self.partial_fit(X, y, **fit_params)
+            except KeyboardInterrupt:
+                if fresh:
+                    self._discard_network()
+                raise
             finally:
                 self._warmup_pending = False
         return self
+
+    def _discard_network(self) -> None:
+        """Back to a new estimator's state: a fit interrupted before its first epoch.
+
+        Its network has the random new head, which ``predict`` would use as if
+        trained; so the estimator becomes a new one with the same parameters, unfitted.
+        """
+        unfitted = type(self)(**self.get_params(deep=False))
+        vars(self).clear()
+        vars(self).update(vars(unfitted))
 
     def partial_fit(self, X, y, classes=None, **fit_params):
         """Train the current network further (build it first if needed).
@@ -290,6 +328,12 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
         Returns
         -------
         self : object
+
+        Raises
+        ------
+        KeyboardInterrupt
+            Interrupted before an epoch of this call finished. Interrupted
+            later, the finished epochs are kept, with a warning.
         """
         check_params(self)
         images = ImageCollection(X)
@@ -300,7 +344,29 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
             self.initialize()
         # One set of decoded images for the warm-up and every epoch of this call.
         images = self._decoded_images(images)
-        return super().partial_fit(images, self._encode_targets(y), classes, **fit_params)
+        finished = self._finished_epochs()
+        planned = self.max_epochs + self._warmup_epochs_pending()
+        self._interrupt = self._callback_stop = None
+        super().partial_fit(images, self._encode_targets(y), classes, **fit_params)
+        interrupt, stop = self._interrupt, self._callback_stop
+        self._interrupt = self._callback_stop = None
+        if interrupt is not None:
+            finished = self._finished_epochs() - finished
+            if not finished:
+                raise interrupt
+            if interrupt is stop:
+                return self  # a callback ended training, as EarlyStopping does
+            warnings.warn(
+                f"training was interrupted after {finished} of {planned} epochs; the model "
+                "keeps what they learned (history_ lists them; partial_fit trains further)",
+                UserWarning,
+                stacklevel=_stacklevel_outside_package(),
+            )
+        return self
+
+    def _finished_epochs(self) -> int:
+        """Epochs in ``history`` whose training ran to the end."""
+        return sum("train_loss" in epoch for epoch in self.history)
 
     def _warmup_epochs_pending(self) -> int:
         """Head-only epochs the current fit runs before ``max_epochs``."""
@@ -314,15 +380,29 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
         self._compute_dtype()  # trains in the current precision
         warmup = self._warmup_epochs_pending()
         self._warmup_pending = False
-        if warmup:
-            n_frozen = self.module_.n_frozen
-            # The optimizer keeps every parameter; frozen ones get no gradient, so no step.
-            self.module_.set_frozen(len(self.stages_))
-            try:
-                super().fit_loop(X, y, epochs=warmup, **fit_params)
-            finally:
-                self.module_.set_frozen(n_frozen)
-        return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        try:
+            if warmup:
+                n_frozen = self.module_.n_frozen
+                # The optimizer keeps every parameter; frozen ones get no gradient, so no step.
+                self.module_.set_frozen(len(self.stages_))
+                try:
+                    super().fit_loop(X, y, epochs=warmup, **fit_params)
+                finally:
+                    self.module_.set_frozen(n_frozen)
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        except KeyboardInterrupt as interrupt:
+            # skorch's partial_fit swallows it, even before the first epoch (while the
+            # frozen stages run); partial_fit raises it again when no epoch finished.
+            self._interrupt = interrupt
+            raise
+
+    def notify(self, method_name, **cb_kwargs):
+        try:
+            super().notify(method_name, **cb_kwargs)
+        except KeyboardInterrupt as stop:
+            # skorch's way for a callback to end training (EarlyStopping), not a Ctrl-C.
+            self._callback_stop = stop
+            raise
 
     def infer(self, x, **fit_params):
         # fit_params belong to train_split (see fit): the network takes no extra inputs.

@@ -33,6 +33,7 @@ import os
 import stat
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +159,15 @@ def _is_tensor(obj) -> bool:
     return torch is not None and isinstance(obj, torch.Tensor)
 
 
+def read_once(X):
+    """``X`` itself, or the images of an iterator (a generator, ``map``, ...) in a list.
+
+    An iterator yields its images once: a call that reads ``X`` twice (as
+    ``fit_transform`` does, in ``fit`` then in ``transform``) reads it here first.
+    """
+    return list(X) if isinstance(X, Iterator) else X
+
+
 class ImageCollection:
     """A read-only, indexable view of the images in ``X``.
 
@@ -198,12 +208,18 @@ class ImageCollection:
                     )
                 )
         elif not isinstance(X, list | tuple | np.ndarray):
+            iterator = isinstance(X, Iterator)
             try:
                 X = list(X)
             except TypeError:
                 raise ValueError(
                     f"expected a collection of images, got {type(X).__name__}"
                 ) from None
+            if iterator and not X:
+                raise ValueError(
+                    "no images: X is an iterator that yielded none; an iterator yields its "
+                    "images once, so if an earlier call read it, pass a list instead"
+                )
         if len(X) == 0:
             raise ValueError("no images: X is empty")
         self._items = X

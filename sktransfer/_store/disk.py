@@ -67,10 +67,14 @@ class DiskStore:
     :class:`UntrustedCacheError`. A store written before the mark existed
     (our exact tables and version, application id 0) is adopted and marked.
 
-    The directory and the database must belong to the current user (or to
-    root) and be writable by their owner alone (or the owner's private
-    group), or every call raises :class:`UntrustedCacheError`: a store that
-    others can write could serve features they planted.
+    The directory, the database and its ``-wal`` and ``-shm`` files must
+    belong to the current user (or to root) and be writable by their owner
+    alone, by mode and POSIX ACL (or by the owner's private group, see
+    :func:`~sktransfer._store.trust.check_private`), or every call raises
+    :class:`UntrustedCacheError`: a store that others can write could serve
+    features they planted. A database that is a symbolic link is followed
+    (its folder is checked too); one that leads to no file raises
+    :class:`FileNotFoundError`.
 
     A database that SQLite finds corrupt (garbage, truncated), or one of ours
     with another schema version, is moved aside to ``features.sqlite.corrupt``
@@ -330,7 +334,14 @@ class DiskStore:
             self._connection = None
         check_directory(self.directory)
         check_private(self.directory, "folder")
-        check_private(self.path, "database")
+        database = _follow_link(self.path)
+        if database != self.path:
+            # SQLite keeps the -wal and -shm files beside the file a link leads to.
+            check_private(database.parent, "folder")
+        check_private(database, "database")
+        # SQLite replays a -wal file into the database when it opens it.
+        for suffix in ("-wal", "-shm"):
+            check_private(Path(f"{database}{suffix}"), f"database's {suffix} file")
         try:
             self._connection = self._open_for_writing()
         except (OSError, sqlite3.OperationalError) as exc:
@@ -459,6 +470,29 @@ def check_directory(directory: Path) -> None:
             f"the feature cache must be a directory (it will hold {DATABASE_NAME}); "
             f"{os.fspath(directory)!r} is a file{hint}"
         )
+
+
+def _follow_link(path: Path) -> Path:
+    """The file ``path`` leads to, itself unless it is a symbolic link.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` is a link that leads to no file (a file moved or deleted, a
+        disk not mounted): no file is ever created where a link points.
+    """
+    if not path.is_symlink():
+        return path
+    try:
+        return path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of links, before Python 3.13
+        target = os.readlink(path)
+        raise FileNotFoundError(
+            f"the feature cache {os.fspath(path.parent)!r} holds {path.name} as a symbolic "
+            f"link to {target!r}, which leads to no file; features can be neither read nor "
+            "stored. Remove the link to start a new cache there, or create the file it leads "
+            f"to (an empty one will do: touch '{target}')"
+        ) from exc
 
 
 def _error_code(exc: sqlite3.DatabaseError) -> int | None:
