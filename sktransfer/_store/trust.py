@@ -52,8 +52,9 @@ class UntrustedCacheError(PermissionError):
     ...     featurizer.fit_transform(np.zeros((1, 32, 32, 3), np.uint8))
     ... except UntrustedCacheError as error:
     ...     print(error)
-    the feature cache folder '...' is writable by other users (mode 777): features or models
-    planted there would be used as if you had computed them. Make it private: chmod go-w '...'
+    the feature cache folder '...' is writable by other users, by its mode 777: features or
+    models planted there would be used as if you had computed them. Make it private: chmod go-w
+    '...'
     >>> shared.cleanup()
     """
 
