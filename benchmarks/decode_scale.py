@@ -12,13 +12,21 @@ measures what k costs, on phone-like JPEGs made from scikit-image's photos
    ``skimage.data.lfw_subset`` made phone-size) trained and tested on each
    decode, and its agreement with the full decode's predictions;
 3. whether ``Image.reduce`` before the resize pays for large PNG, TIFF and WebP, and
-   what it does to the features.
+   what it does to the features;
+4. CMYK JPEGs and MPO files (a phone photo followed by a depth map), through
+   the featurizer with ``decode="fast"`` against ``decode="full"``: the cosine,
+   and what one decode costs each way. CMYK photos come two ways: Pillow's
+   conversion (no black) and with full black generation (K = 255 - max(R, G, B),
+   as print workflows make them); each is also shown decoded reduced (1/2), the
+   way version 1 of the fast decode did.
 
-Run: ``python benchmarks/decode_scale.py`` (about 6 minutes on 2 cores).
+Run: ``python benchmarks/decode_scale.py`` (about 9 minutes on 2 cores);
+``--sections 4`` runs only section 4 (about 3 minutes of CPU).
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import time
 
@@ -178,13 +186,118 @@ def reduce_pays(featurizer, resize: int, k: float, repeat=3):
         print(f"  {size[0]}x{size[1]}, reduce({factor}): min {cos.min():.5f} mean {cos.mean():.5f}")
 
 
+def cmyk(rgb: np.ndarray, black: bool) -> Image.Image:
+    """``rgb`` as CMYK: Pillow's conversion (K = 0), or with full black generation.
+
+    With black, K = 255 - max(R, G, B) and C, M, Y what is left, which
+    Pillow's CMYK to RGB conversion, (255 - C)(255 - K) / 255, inverts exactly.
+    """
+    if not black:
+        return Image.fromarray(rgb).convert("CMYK")
+    rgb = rgb.astype(np.float32)
+    top = rgb.max(axis=-1, keepdims=True)
+    cmy = 255 - 255 * rgb / np.maximum(top, 1)
+    cmyk = np.concatenate([cmy, 255 - top], axis=-1)
+    return Image.fromarray(np.round(cmyk).astype(np.uint8), "CMYK")
+
+
+def phone_files(kind: str, photos, size) -> list[bytes]:
+    """The phone JPEGs of ``photos`` at ``size`` as ``kind``: RGB, CMYK, CMYK+K or MPO files."""
+    files = []
+    for i, photo in enumerate(photos):
+        data = phone_jpeg(photo, size, seed=i)
+        if kind != "RGB":
+            rgb = np.asarray(Image.open(io.BytesIO(data)))
+            buffer = io.BytesIO()
+            if kind == "MPO":
+                # A depth map after the photo, as portrait modes save: 1/4 size, grayscale.
+                depth = Image.fromarray(rgb).convert("L").reduce(4)
+                Image.open(io.BytesIO(data)).save(
+                    buffer, "MPO", save_all=True, append_images=[depth], quality=92
+                )
+                assert Image.open(buffer).format == "MPO"
+            else:
+                cmyk(rgb, black=kind == "CMYK+K").save(buffer, "JPEG", quality=92)
+            data = buffer.getvalue()
+        files.append(data)
+    return files
+
+
+def reduced_by_draft(data: bytes, scale: int) -> np.ndarray:
+    """``data`` decoded at 1/``scale`` by libjpeg whatever its colours, as version 1 did."""
+    image = Image.open(io.BytesIO(data))
+    image.draft(None, (min(image.size) // scale,) * 2)
+    return np.asarray(image.convert("RGB"))
+
+
+def decode_ms(decode, data: list[bytes], repeat=3) -> float:
+    """Median over ``data`` of the best of ``repeat`` runs of ``decode(item)``, in ms."""
+    best = []
+    for item in data:
+        timings = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            decode(item)
+            timings.append(time.perf_counter() - start)
+        best.append(1000 * min(timings))
+    return float(np.median(best))
+
+
+def cmyk_and_mpo(featurizer, resize: int, k: int):
+    import skimage.data
+
+    min_side = k * resize
+    print(
+        "\n4. CMYK and MPO phone photos: decode='fast' against decode='full', six photos each;"
+        "\n   one decode in ms, median of three photos (best of 3 runs each)"
+    )
+    print(
+        f"{'file':>22} {'size':>10} {'fast decodes':>13} {'min cos':>8} {'mean cos':>9} "
+        f"{'fast ms':>8} {'full ms':>8}"
+    )
+    sources = [getattr(skimage.data, name)() for name in PHOTOS]
+    fast = PretrainedFeaturizer(cache=None, progress=False, batch_size=8, decode="fast")
+    full = PretrainedFeaturizer(cache=None, progress=False, batch_size=8, decode="full")
+    fast.fit([np.zeros((8, 8, 3))])
+    full.fit([np.zeros((8, 8, 3))])
+    for size in ((4032, 3024), (2731, 2048)):
+        for kind in ("RGB", "MPO", "CMYK", "CMYK+K"):
+            data = phone_files(kind, sources, size)
+            reference = full.transform(data)
+            decoded = decode_image(data[0], min_side)
+            scale = min(size) // min(decoded.shape[:2])
+            timed = data[:3]
+            ms_full = decode_ms(lambda item: decode_image(item), timed)
+            ms_fast = decode_ms(lambda item: decode_image(item, min_side), timed)
+            fast_decode = f"1/{scale}" if scale > 1 else "full"
+            rows = [(kind, fast.transform(data), fast_decode, ms_fast)]
+            if kind.startswith("CMYK"):
+                drafted = featurizer.transform([reduced_by_draft(item, 2) for item in data])
+                ms_drafted = decode_ms(lambda item: reduced_by_draft(item, 2), timed)
+                rows.append((f"{kind}, reduced (v1)", drafted, "1/2", ms_drafted))
+            for name, features_, decoded, ms in rows:
+                cos = cosine(features_, reference)
+                print(
+                    f"{name:>22} {size[0]}x{size[1]:<5} {decoded:>13} {cos.min():8.5f} "
+                    f"{cos.mean():9.5f} {ms:8.0f} {ms_full:8.0f}"
+                )
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3, 4])
+    sections = parser.parse_args().sections
     featurizer = PretrainedFeaturizer(cache=None, progress=False, batch_size=8)
     featurizer.fit([np.zeros((8, 8, 3))])
     resize = get_backbone_spec("efficientnet_lite0").preprocessing.resize_size
-    cosine_by_ratio(featurizer, resize)
-    probe(featurizer)
-    reduce_pays(featurizer, resize, FAST_DECODE_FACTOR)
+    if 1 in sections:
+        cosine_by_ratio(featurizer, resize)
+    if 2 in sections:
+        probe(featurizer)
+    if 3 in sections:
+        reduce_pays(featurizer, resize, FAST_DECODE_FACTOR)
+    if 4 in sections:
+        cmyk_and_mpo(featurizer, resize, FAST_DECODE_FACTOR)
 
 
 if __name__ == "__main__":

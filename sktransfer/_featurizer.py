@@ -122,14 +122,15 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         on CPUs about 2-3x faster than torch, with the same features to float
         rounding (fp32 only). Needs ``pip install "sktransfer[onnx]"``.
     decode : {"fast", "full"}, default="fast"
-        How image files are decoded. ``"fast"``: a JPEG is decoded at the
-        smallest libjpeg DCT scale (1/2, 1/4 or 1/8) that keeps its shorter
-        side at least 4 times the resize size, several times faster on
-        camera photos, with features within cosine 0.999 of the full decode
-        (see the user guide); other formats, smaller JPEGs and in-memory
-        images are decoded exactly as with ``"full"``. ``"full"``: every file is
-        decoded in full, the exact reference pipeline of torchvision's and
-        timm's own transforms. Part of the cache key.
+        How image files are decoded. ``"fast"``: a JPEG (or an MPO's first
+        picture) is decoded at the smallest libjpeg DCT scale (1/2, 1/4 or
+        1/8) that keeps its shorter side at least 4 times the resize size,
+        several times faster on camera photos, with features within cosine
+        0.999 of the full decode (see the user guide); other formats, CMYK
+        and smaller JPEGs and in-memory images are decoded exactly as with
+        ``"full"``. ``"full"``: every file is decoded in full, the exact
+        reference pipeline of torchvision's and timm's own transforms. A
+        reduced decode is part of the image's cache key.
     num_workers : int, default=0
         DataLoader worker processes that decode and resize images while the
         network runs; 0 decodes in the main process.
@@ -339,15 +340,16 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
         # without one, the pass stops at the deepest stage asked for.
         plan = Plan.complete(stages) if store is not None else Plan.covering(stages, entries)
         model_key = self._model_key(dtype)
-        if images.decode_identity != "full":
-            # Full decodes keep the key the fine-tuner's frozen outputs share.
-            model_key += f"|decode={images.decode_identity}"
         # Each entry's identity, once; an image's keys join them with its content hash.
         lookup_keys = [entry_model_key(model_key, entry, stages) for entry in entries]
         store_keys = [entry_model_key(model_key, entry, stages) for entry in plan.entries]
         keys = [None] * len(images)
         if store is not None:
-            keys = [_sample_keys(lookup_keys, content_hash(images[i])) for i in range(len(images))]
+            # Each sample's content says how it decodes: in full, or reduced by decode="fast".
+            keys = [
+                _sample_keys(lookup_keys, images.content(index, content_hash))
+                for index in range(len(images))
+            ]
         missing = fill_from_store(store, keys, features)
         take = columns(plan.entries, entries, widths)
         failures = []

@@ -7,8 +7,10 @@ InvalidImageError names the sample (index, path) and says what was wrong, under
 That an EXIF-rotated photo comes out upright is checked pixel by pixel in test_images.
 """
 
+import collections
 import io
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -17,15 +19,24 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sktransfer import FineTuneClassifier, InvalidImageError, PretrainedFeaturizer
+from sktransfer._input.images import ImageCollection
 from sktransfer._store import cache_info, clear_cache
 from sktransfer._store.keys import content_hash
 
-from ._helpers import run_python
+from ._helpers import (
+    ASCII,
+    RESOLUTION_UNIT,
+    exif_entries,
+    phone_exif,
+    retyped,
+    run_python,
+)
 from .conftest import TINY_PREPROCESSING, make_tiny_backbone
 
+UINT8_TOP = np.float32(255)
 GOOD = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
 
 
@@ -75,6 +86,17 @@ def _exif_rotated(path):
     return _save(path, GOOD, exif=exif)
 
 
+def _exif_mistyped(path, fmt):
+    """A rotated photo whose resolution unit is declared ASCII: rewriting such EXIF raises."""
+    return _save(path, GOOD, format=fmt, exif=retyped(phone_exif(), RESOLUTION_UNIT, ASCII))
+
+
+def _exif_unreadable(path):
+    """A WebP whose EXIF block has no valid TIFF header: reading its orientation raises."""
+    block = phone_exif()
+    return _save(path, GOOD, format="WEBP", exif=block[:6] + b"XX" + block[8:])
+
+
 # id -> (make the sample from a tmp folder, None if it must work else a reason substring)
 FILE_ROWS = {
     "missing file": (lambda d: str(d / "missing.jpg"), "does not exist"),
@@ -99,6 +121,21 @@ FILE_ROWS = {
     "1 pixel": (lambda d: _save(d / "one.png", GOOD[:1, :1]), None),
     "very elongated": (lambda d: _save(d / "long.png", np.zeros((2, 3000, 3), np.uint8)), None),
     "EXIF-rotated": (lambda d: _exif_rotated(d / "r.jpg"), None),
+    "mistyped EXIF tag, JPEG": (lambda d: _exif_mistyped(d / "m.jpg", "JPEG"), None),
+    "mistyped EXIF tag, WebP": (lambda d: _exif_mistyped(d / "m.webp", "WEBP"), None),
+    "unreadable EXIF": (lambda d: _exif_unreadable(d / "x.webp"), "malformed EXIF"),
+    "32-bit float TIFF in 0-1": (
+        lambda d: _save(d / "f.tif", GOOD[..., 0] / np.float32(255)),
+        None,
+    ),
+    "32-bit float TIFF": (
+        lambda d: _save(d / "f.tif", GOOD[..., 0].astype(np.float32) * 4),
+        "is a 32-bit float image (PIL mode 'F', float32) with values in [0, 1020]",
+    ),
+    "32-bit integer TIFF": (
+        lambda d: _save(d / "i.tif", GOOD[..., 0].astype(np.int32) - 128),
+        "is a 32-bit integer image (PIL mode 'I', int32) with values in [-128, 127]",
+    ),
 }
 
 ARRAY_ROWS = {
@@ -111,31 +148,31 @@ ARRAY_ROWS = {
 }
 
 
-def featurizer(on_error):
+def featurizer(on_error, cache=None):
     return PretrainedFeaturizer(
         make_tiny_backbone(),
         preprocessing=TINY_PREPROCESSING,
         progress=False,
         on_error=on_error,
-        cache=None,
+        cache=cache,
     )
 
 
-def _check_row(sample, reason, path=None):
-    X = [GOOD, sample] if path is None else [_save_good_next_to(path), sample]
+def _check_row(sample, reason, path=None, good=GOOD, cache=None):
+    X = [good, sample] if path is None else [_save_good_next_to(path), sample]
     good_features = featurizer("raise").fit_transform(X[:1])
     if reason is None:
-        features = featurizer("raise").fit_transform(X)
+        features = featurizer("raise", cache).fit_transform(X)
         assert np.isfinite(features).all()
         np.testing.assert_allclose(features[0], good_features[0], atol=1e-6)
         return
     with pytest.raises(InvalidImageError) as info:
-        featurizer("raise").fit_transform(X)
+        featurizer("raise", cache).fit_transform(X)
     (failure,) = info.value.failures
     assert (failure.index, failure.path) == (1, path)
     assert reason in failure.reason and reason in str(info.value)
     with pytest.warns(UserWarning, match="1 of 2 samples"):
-        features = featurizer("nan").fit_transform(X)
+        features = featurizer("nan", cache).fit_transform(X)
     assert np.isnan(features[1]).all()
     np.testing.assert_allclose(features[0], good_features[0], atol=1e-6)
 
@@ -155,6 +192,43 @@ def test_files(row, tmp_path):
 def test_arrays(row):
     array, reason = ARRAY_ROWS[row]
     _check_row(array, reason)
+
+
+def _closed_on_leaving_with(path):
+    with Image.open(path) as image:
+        pass
+    return image
+
+
+def _closed_by_close(path):
+    image = Image.open(path)
+    image.load()
+    image.close()
+    return image
+
+
+def _loaded_before_closing(path):
+    with Image.open(path) as image:
+        image.load()
+    return image
+
+
+CLOSED = "the PIL image is closed: pass the path, or call load() before closing"
+# id -> (make the PIL image from a file's path, None if it must work else a reason substring)
+PIL_ROWS = {
+    "closed on leaving with": (_closed_on_leaving_with, CLOSED),
+    "closed by close()": (_closed_by_close, CLOSED),
+    "loaded before closing": (_loaded_before_closing, None),
+}
+
+
+@pytest.mark.parametrize("cache", [None, "memory"])
+@pytest.mark.parametrize("row", PIL_ROWS, ids=list(PIL_ROWS))
+def test_pil_images(row, cache, tmp_path):
+    make, reason = PIL_ROWS[row]
+    _check_row(
+        make(_save(tmp_path / "a.png", GOOD)), reason, good=Image.fromarray(GOOD), cache=cache
+    )
 
 
 class TestWholeInputErrors:
@@ -312,3 +386,83 @@ def test_any_array_gives_features_or_a_clear_error(array):
         return
     assert features.shape == (1, estimator.n_features_out_)
     assert np.isfinite(features).all()
+
+
+def _fuzzed(block: bytes, rng) -> bytes:
+    """``block`` damaged one way: a tag's type or count, a few bytes, its header or its end."""
+    order, entries = exif_entries(block)
+    at = int(rng.choice(list(entries.values())))
+    data = bytearray(block)
+    damage = rng.integers(5)
+    if damage == 0:  # declared of another type (EXIF types are 1-13)
+        data[at + 2 : at + 4] = struct.pack(order + "H", int(rng.integers(0, 20)))
+    elif damage == 1:  # another number of values
+        count = int(rng.choice([0, 2, 3, 7, 255, 2**16, 2**31]))
+        data[at + 4 : at + 8] = struct.pack(order + "I", count)
+    elif damage == 2:  # bytes overwritten anywhere after the b"Exif\0\0" marker
+        for where in rng.integers(6, len(data), rng.integers(1, 5)):
+            data[where] = rng.integers(256)
+    elif damage == 3:  # a byte of the TIFF header: byte order, magic number, first IFD's offset
+        data[rng.integers(6, 14)] = rng.integers(256)
+    else:
+        data = data[: rng.integers(8, len(data))]
+    return bytes(data)
+
+
+def test_fuzzed_exif_blocks_give_features_or_a_named_error(tmp_path):
+    """1,000 damaged EXIF blocks of phone photos: each file decodes or names itself.
+
+    The old decode (``ImageOps.exif_transpose``, which rewrites the block)
+    raised struct.error, SyntaxError, TypeError or AttributeError on some of
+    these, outside the handling of bad samples, and stopped the whole call.
+    """
+    rng = np.random.default_rng(24)
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 32, 3), dtype=np.uint8)
+    blocks = [phone_exif(orientation) for orientation in range(1, 9)]
+    paths, old_crashes = [], collections.Counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns of each corrupt block it reads
+        for i in range(1000):
+            fmt = ("JPEG", "WEBP")[i % 2]
+            block = _fuzzed(blocks[i // 2 % 8], rng)
+            paths.append(_save(tmp_path / f"{i}.{fmt.lower()}", pixels, format=fmt, exif=block))
+            try:
+                image = Image.open(paths[-1])
+            except UnidentifiedImageError:
+                continue  # so damaged that the file is no image; named as such below
+            with image:
+                try:
+                    ImageOps.exif_transpose(image)
+                except (struct.error, SyntaxError, TypeError, AttributeError) as exc:
+                    old_crashes[fmt, type(exc).__name__] += 1
+            with Image.open(paths[-1]) as image:
+                content_hash(image)  # hashing a PIL image reads its orientation too
+        # The blocks include ones that crashed the old decode, in both formats.
+        assert old_crashes["JPEG", "error"] and old_crashes["WEBP", "error"], old_crashes
+        assert old_crashes["WEBP", "SyntaxError"], old_crashes
+
+        full, fast = ImageCollection(paths), ImageCollection(paths, min_side=8)
+        bad = []
+        for i, path in enumerate(paths):
+            try:
+                upright = full.load(i)
+            except InvalidImageError as error:
+                (failure,) = error.failures
+                assert (failure.index, failure.path) == (i, path) and failure.reason
+                with pytest.raises(InvalidImageError):
+                    fast.load(i)
+                bad.append(i)
+                continue
+            # Fast and full decodes turn it the same way; a JPEG decodes at 1/2.
+            half = 2 if path.endswith(".jpeg") else 1
+            assert fast.load(i).shape == (upright.shape[0] // half, upright.shape[1] // half, 3)
+        assert 0 < len(bad) < len(paths) // 10
+
+        # Through the featurizer and its store: the bad files and as many good ones.
+        sample = sorted(bad + [i for i in range(len(paths)) if i not in bad][: len(bad)])
+        with pytest.warns(UserWarning, match=f"{len(bad)} of {len(sample)} samples"):
+            features = featurizer("nan", str(tmp_path / "store")).fit_transform(
+                [paths[i] for i in sample]
+            )
+    is_bad = np.isin(sample, bad)
+    assert np.isnan(features[is_bad]).all() and np.isfinite(features[~is_bad]).all()

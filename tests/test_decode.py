@@ -11,6 +11,8 @@ from torchvision.transforms import v2
 from sktransfer import Preprocessing, PretrainedFeaturizer
 from sktransfer._input.transforms import FAST_DECODE_FACTOR, decode_min_side
 
+from ._helpers import CountingStage
+
 # Small, so that the network's input itself can be the features (nn.Flatten).
 P = Preprocessing(input_size=56, resize_size=64, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
 
@@ -20,6 +22,18 @@ def big_jpeg(photos, tmp_path_factory):
     """A 1600x1200 JPEG: large enough for the fast decode to reduce it for P."""
     path = tmp_path_factory.mktemp("decode") / "big.jpg"
     Image.fromarray(photos[1]).resize((1600, 1200), Image.BICUBIC).save(path, quality=92)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def big_mpo(photos, tmp_path_factory):
+    """The big JPEG's picture followed by a depth map, as a phone's portrait mode saves it."""
+    path = tmp_path_factory.mktemp("decode") / "big.mpo"
+    picture = Image.fromarray(photos[1]).resize((1600, 1200), Image.BICUBIC)
+    depth = picture.convert("L").reduce(4)
+    picture.save(path, "MPO", save_all=True, append_images=[depth], quality=92)
+    with Image.open(path) as image:
+        assert image.format == "MPO"
     return str(path)
 
 
@@ -84,6 +98,36 @@ def test_fast_and_full_are_cached_apart(big_jpeg):
     assert not np.allclose(fast, full)
     for decode, expected in (("fast", fast), ("full", full), ("fast", fast)):
         np.testing.assert_array_equal(network_input(decode, [big_jpeg], cache="memory"), expected)
+
+
+def test_an_mpo_decodes_as_the_jpeg_of_its_first_picture(big_jpeg, big_mpo):
+    for decode in ("fast", "full"):
+        np.testing.assert_array_equal(
+            network_input(decode, [big_mpo]), network_input(decode, [big_jpeg])
+        )
+
+
+def test_each_file_is_cached_under_the_decode_it_got(big_jpeg, big_mpo, tmp_path):
+    """A file decoded in full either way has one entry for both; a reduced decode its own."""
+    png = tmp_path / "big.png"
+    Image.open(big_jpeg).save(png)
+    files = [big_jpeg, big_mpo, str(png)]
+
+    def computed(decode):
+        featurizer = PretrainedFeaturizer(
+            nn.Sequential(CountingStage(), nn.Flatten()),
+            preprocessing=P,
+            decode=decode,
+            cache=str(tmp_path / "store"),
+            progress=False,
+        ).fit(files)
+        CountingStage.images_seen = 0
+        featurizer.transform(files)
+        return CountingStage.images_seen
+
+    assert computed("fast") == 3
+    assert computed("full") == 2  # the PNG's full decode is its fast one
+    assert computed("fast") == computed("full") == 0
 
 
 def test_in_memory_images_and_small_files_are_the_same_either_way(photos, tmp_path):

@@ -7,11 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from sktransfer import InvalidImageError
 from sktransfer._input import images as images_module
 from sktransfer._input.images import ImageCollection, decode_image
+from sktransfer._store.keys import content_hash
+
+from ._helpers import ASCII, RESOLUTION_UNIT, phone_exif, retyped
 
 
 def _rgb(height=20, width=30, seed=0):
@@ -291,6 +294,55 @@ class TestOnePixelRule:
         assert "dtype int32 must lie in [0, 255]" in reason
         assert "uint16 as 16-bit" in reason
 
+    def test_thirty_two_bit_files_say_what_they_hold_and_how_to_convert(self, tmp_path):
+        floats = np.linspace(-1, 300, 64, dtype=np.float32).reshape(8, 8)
+        Image.fromarray(floats).save(tmp_path / "f.tif")
+        reason = _failure([str(tmp_path / "f.tif")]).reason
+        assert "is a 32-bit float image (PIL mode 'F', float32) with values in [-1, 300]" in reason
+        assert "read as 0-1: rescale it" in reason and "cast 0-255 data" not in reason
+        Image.fromarray(np.arange(64, dtype=np.int32).reshape(8, 8) * 1000).save(tmp_path / "i.tif")
+        reason = _failure([str(tmp_path / "i.tif")]).reason
+        assert "32-bit integer image (PIL mode 'I', int32) with values in [0, 63000]" in reason
+        assert "read as 0-255: rescale it" in reason and "cast 16-bit data" not in reason
+        floats[0, 0] = np.nan
+        Image.fromarray(floats).save(tmp_path / "n.tif")
+        assert "with NaN or infinite values" in _failure([str(tmp_path / "n.tif")]).reason
+
+
+class TestExifOrientation:
+    """Upright from the orientation value alone, the way ``ImageOps.exif_transpose`` turns it."""
+
+    @pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+    @pytest.mark.parametrize("orientation", range(1, 9))
+    def test_even_with_a_mistyped_tag(self, tmp_path, fmt, orientation):
+        # A resolution unit declared ASCII: exif_transpose, which rewrites the block, raised.
+        picture = Image.fromarray(_rgb(32, 64))
+        clean, mistyped = tmp_path / "clean", tmp_path / "mistyped"
+        picture.save(clean, fmt, exif=phone_exif(orientation), quality=95)
+        block = retyped(phone_exif(orientation), RESOLUTION_UNIT, ASCII)
+        picture.save(mistyped, fmt, exif=block, quality=95)
+        with Image.open(clean) as opened:
+            expected = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
+        assert expected.shape == ((64, 32, 3) if orientation >= 5 else (32, 64, 3))
+        for path in (clean, mistyped):
+            assert np.array_equal(_decode_file(path), expected)
+            # The fast decode turns it the same way (a JPEG at 1/4 for min_side 8).
+            scale = 4 if fmt == "JPEG" else 1
+            fast = ImageCollection([str(path)], min_side=8).load(0)
+            assert fast.shape == (expected.shape[0] // scale, expected.shape[1] // scale, 3)
+
+    def test_an_unreadable_exif_block_names_the_sample(self, tmp_path):
+        block = phone_exif()
+        path = tmp_path / "x.webp"
+        Image.fromarray(_rgb()).save(path, "WEBP", exif=block[:6] + b"XX" + block[8:])
+        failure = _failure([str(path)])
+        assert failure.path == str(path)
+        assert failure.reason.startswith("malformed EXIF metadata, so its orientation is unknown")
+        with Image.open(path) as opened:
+            assert "malformed EXIF" in _failure([opened]).reason
+        with Image.open(path) as opened:
+            assert content_hash(opened) is None  # computed without the cache, then named
+
 
 class TestMissingSamples:
     @pytest.mark.parametrize("missing", [None, float("nan")])
@@ -360,15 +412,42 @@ class TestReducedDecode:
         assert out.shape == (400, 200, 3)  # 1/4 of the upright 1600x800
         assert out[:190].mean() > 240 and out[210:].mean() < 15  # left half is now on top
 
-    def test_cmyk_and_grayscale_large_jpegs_decode_reduced_to_rgb(self, tmp_path, photos):
-        for mode in ("CMYK", "L"):
-            path = tmp_path / f"{mode}.jpg"
-            Image.fromarray(photos[0]).resize((1200, 800)).convert(mode).save(path, quality=95)
-            full = ImageCollection([str(path)]).load(0)
-            out = ImageCollection([str(path)], min_side=200).load(0)
-            assert out.shape == (200, 300, 3) and out.dtype == np.uint8
-            boxed = np.asarray(Image.fromarray(full).reduce(4), dtype=float)
-            assert np.abs(out - boxed).mean() < 3, mode
+    def test_grayscale_large_jpeg_decodes_reduced_to_rgb(self, tmp_path, photos):
+        path = tmp_path / "L.jpg"
+        Image.fromarray(photos[0]).resize((1200, 800)).convert("L").save(path, quality=95)
+        full = ImageCollection([str(path)]).load(0)
+        out = ImageCollection([str(path)], min_side=200).load(0)
+        assert out.shape == (200, 300, 3) and out.dtype == np.uint8
+        boxed = np.asarray(Image.fromarray(full).reduce(4), dtype=float)
+        assert np.abs(out - boxed).mean() < 3
+
+    def test_cmyk_large_jpeg_decodes_in_full(self, tmp_path, photos):
+        # Reduced, CMYK photos' features drifted below cosine 0.999 (benchmarks/decode_scale.py).
+        path = tmp_path / "CMYK.jpg"
+        Image.fromarray(photos[0]).resize((1200, 800)).convert("CMYK").save(path, quality=95)
+        full = ImageCollection([str(path)]).load(0)
+        assert full.shape == (800, 1200, 3)
+        assert np.array_equal(ImageCollection([str(path)], min_side=200).load(0), full)
+
+    @staticmethod
+    def _mpo(path, photo, size):
+        """A phone photo followed by its depth map, as portrait modes save them."""
+        picture = Image.fromarray(photo).resize(size, Image.BILINEAR)
+        depth = picture.convert("L").reduce(4)
+        picture.save(path, "MPO", save_all=True, append_images=[depth], quality=95)
+        with Image.open(path) as image:
+            assert image.format == "MPO" and image.n_frames == 2
+        return str(path)
+
+    def test_mpo_decodes_its_first_picture_reduced_as_a_jpeg(self, tmp_path, photos):
+        mpo = self._mpo(tmp_path / "a.mpo", photos[1], (1600, 1200))
+        jpeg = self._jpeg(tmp_path / "a.jpg", photos[1], (1600, 1200))
+        reduced = ImageCollection([mpo], min_side=300).load(0)
+        assert reduced.shape == (300, 400, 3)  # 1/4, as the JPEG of the same picture
+        assert np.array_equal(reduced, ImageCollection([jpeg], min_side=300).load(0))
+        np.testing.assert_array_equal(
+            ImageCollection([mpo]).load(0), ImageCollection([jpeg]).load(0)
+        )
 
     def test_pixel_limit_applies_to_the_full_size(self, tmp_path, photos, monkeypatch):
         path = self._jpeg(tmp_path / "big.jpg", photos[0], (800, 600))
@@ -386,20 +465,47 @@ class TestReducedDecode:
                 ImageCollection(X, min_side=256).load(0), ImageCollection(X).load(0)
             )
 
-    def test_decode_identity_names_the_reduced_decode_of_files_only(self, tmp_path, photos):
-        path = self._jpeg(tmp_path / "a.jpg", photos[1], (500, 375))
-        assert ImageCollection([path]).decode_identity == "full"
-        assert ImageCollection([path], min_side=512).decode_identity == "reduced-1:512"
-        data = Path(path).read_bytes()
-        assert ImageCollection([data], min_side=512).decode_identity == "reduced-1:512"
-        # An array of path strings (what load_image_folder returns) holds files, not pixels.
-        paths = np.array([path, path])
-        assert ImageCollection(paths, min_side=512).decode_identity == "reduced-1:512"
-        # In-memory samples always decode in full, so their entries serve either way.
-        assert ImageCollection(photos[:1], min_side=512).decode_identity == "full"
-        assert ImageCollection(np.stack([photos[1]] * 2), min_side=512).decode_identity == "full"
-        images = ImageCollection([path], min_side=512)
-        assert images.decoded_at(None).decode_identity == "full" and images.min_side == 512
+    def test_each_file_is_keyed_by_the_decode_it_got(self, tmp_path, photos):
+        """A sample's content names a reduced decode exactly when it was decoded reduced."""
+        big = (1600, 1200)
+        cmyk, gray, png = tmp_path / "c.jpg", tmp_path / "g.jpg", tmp_path / "p.png"
+        Image.fromarray(photos[1]).resize(big).convert("CMYK").save(cmyk, quality=95)
+        Image.fromarray(photos[1]).resize(big).convert("L").save(gray, quality=95)
+        Image.fromarray(photos[1]).resize(big).save(png)
+        jpeg = self._jpeg(tmp_path / "a.jpg", photos[1], big)
+        files = {  # sample -> decoded reduced at min_side=300
+            jpeg: True,
+            Path(jpeg).read_bytes(): True,
+            self._mpo(tmp_path / "a.mpo", photos[1], big): True,
+            str(gray): True,
+            str(cmyk): False,
+            self._jpeg(tmp_path / "small.jpg", photos[1], (500, 375)): False,
+            str(png): False,
+        }
+        for sample, reduced in files.items():
+            plain = content_hash(sample)
+            expected = plain + "|decode=reduced-2:300" if reduced else plain
+            images = ImageCollection([sample], min_side=300)
+            before = images.content(0, content_hash)
+            decoded, after = images.load_with_content(0, content_hash)
+            assert before == after == expected, sample
+            was_reduced = decoded.shape != ImageCollection([sample]).load(0).shape
+            assert was_reduced == reduced, sample
+            # Decoded in full, the same content serves decode="full" too.
+            assert ImageCollection([sample]).content(0, content_hash) == plain
+        # In-memory samples always decode in full.
+        for X in ([photos[1]], np.stack([photos[1]] * 2), [Image.fromarray(photos[1])]):
+            in_memory = ImageCollection(X, min_side=8)
+            assert in_memory.content(0, content_hash) == content_hash(X[0])
+            assert in_memory.load_with_content(0, content_hash)[1] == content_hash(X[0])
+
+    def test_unreadable_files_have_no_content(self, tmp_path):
+        text = tmp_path / "t.jpg"
+        text.write_text("not an image")
+        images = ImageCollection([str(text), str(tmp_path / "missing.jpg")], min_side=300)
+        assert images.content(0, content_hash) is None
+        assert images.content(1, content_hash) is None
+        assert images.decoded_at(None).content(0, content_hash) == content_hash(str(text))
 
 
 def test_a_pil_image_is_never_decoded_by_two_threads_at_once(tmp_path, monkeypatch):

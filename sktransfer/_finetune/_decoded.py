@@ -71,13 +71,14 @@ def kept_image(rgb: np.ndarray, preprocessing) -> np.ndarray:
     return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
 
 
-def kept_image_key(preprocessing, decode_identity: str) -> str:
-    """Identity of the function from a sample's content to its kept image."""
+def kept_image_key(preprocessing) -> str:
+    """Identity of the function from a decoded sample to its kept image.
+
+    How the sample was decoded is part of its content
+    (:meth:`~sktransfer._input.images.ImageCollection.content`).
+    """
     p = preprocessing
-    return (
-        f"{_KEPT_FORMAT}|resize={p.resize_size}|{p.interpolation}|{p.crop_mode}"
-        f"|decode={decode_identity}"
-    )
+    return f"{_KEPT_FORMAT}|resize={p.resize_size}|{p.interpolation}|{p.crop_mode}"
 
 
 class DecodedImages:
@@ -90,8 +91,8 @@ class DecodedImages:
     Parameters
     ----------
     images : ImageCollection
-        Decoded as it says (``min_side``); its ``decode_identity`` is part of
-        the store keys.
+        Decoded as it says (``min_side``); how each sample decodes is part
+        of its store keys.
     preprocessing : Preprocessing
         Sizes the kept images (see :func:`kept_image`).
     store : MemoryStore, DiskStore or None, default=None
@@ -117,7 +118,7 @@ class DecodedImages:
         self.store = store
         self.limit_bytes = limit_bytes
         self.max_store_bytes = max_store_bytes
-        self._model_key = kept_image_key(preprocessing, images.decode_identity)
+        self._model_key = kept_image_key(preprocessing)
         self._kept: dict[int, np.ndarray] = {}
         self._contents: dict[int, str | None] = {}
         self._nbytes = 0
@@ -140,14 +141,10 @@ class DecodedImages:
     def path(self, index: int) -> str | None:
         return self.images.path(index)
 
-    @property
-    def decode_identity(self) -> str:
-        return self.images.decode_identity
-
     def content(self, index: int) -> str | None:
-        """:func:`~sktransfer._store.keys.content_hash` of sample ``index``, computed once."""
+        """:meth:`ImageCollection.content` of sample ``index``, computed once."""
         if index not in self._contents:
-            self._contents[index] = content_hash(self.images[index])
+            self._contents[index] = self.images.content(index, content_hash)
         return self._contents[index]
 
     def load(self, index: int) -> np.ndarray:

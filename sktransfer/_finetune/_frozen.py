@@ -307,9 +307,6 @@ class FrozenDatasetsMixin:
         """The frozen stages' output for every image (None if too large to hold)."""
         store = self._frozen_store()
         model_key = self._frozen_model_key(view)
-        if images.decode_identity != "full":
-            # The featurizer's rule: full decodes keep the keys stored before decoding had a say.
-            model_key += f"|decode={images.decode_identity}"
         return frozen_outputs(
             self.module_,
             images,

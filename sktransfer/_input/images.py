@@ -16,21 +16,25 @@ Every image comes out as a C-contiguous uint8 array (H, W, 3). This module
 knows nothing of models.
 
 Encoded files can be decoded *reduced*: a collection with ``min_side`` decodes
-a JPEG at the smallest of libjpeg's DCT scales (1/2, 1/4, 1/8) that keeps its
-shorter side at least ``min_side`` (:meth:`PIL.Image.Image.draft`), which costs
-a fraction of a full decode. Other formats (``Image.reduce`` before the resize
-saved 9-35% on PNG, TIFF and WebP, but moved features below cosine 0.999), PIL
+a JPEG, or the first picture of an MPO (a phone photo followed by a depth or
+gain map), at the smallest of libjpeg's DCT scales (1/2, 1/4, 1/8) that keeps
+its shorter side at least ``min_side`` (:meth:`PIL.Image.Image.draft`), which
+costs a fraction of a full decode. Other formats (``Image.reduce`` before the
+resize saved 9-35% on PNG, TIFF and WebP, but moved features below cosine
+0.999), CMYK JPEGs (reduced, their features drifted below cosine 0.999), PIL
 images, arrays and tensors, and JPEGs too small to reduce, decode exactly as
-without it.
+without it. :meth:`ImageCollection.content` says which way each sample decodes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import math
 import os
 import stat
+import struct
 import threading
 import warnings
 from collections.abc import Iterator
@@ -38,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 #: Images with more pixels than this are refused as possible decompression bombs.
 #: Pillow's default limit, fixed here so that users who lift Pillow's own limit
@@ -46,10 +50,26 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_PIXELS = 89_478_485
 
 # Version of the reduced decode, in its identity: bump it when its output changes.
-_REDUCED_DECODE = "reduced-1"
+# 2: MPO files reduced (version 1 keyed their full decode as reduced), CMYK ones not.
+_REDUCED_DECODE = "reduced-2"
+# Formats that libjpeg decodes at a DCT scale: MPO is a JPEG followed by more pictures.
+_DCT_SCALED_FORMATS = ("JPEG", "MPO")
 
 #: EXIF tag of the orientation a viewer applies before display.
 EXIF_ORIENTATION = 0x0112
+# What turns an image stored with each EXIF orientation upright (ImageOps.exif_transpose's table).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# 32-bit PIL modes (TIFF holds them): what their pixels are, and the top of the range read.
+_WIDE_MODES = {"I": ("32-bit integer", 255), "F": ("32-bit float", 1)}
+_CLOSED = "the PIL image is closed: pass the path, or call load() before closing"
 _SIXTEEN_BIT_SCALE = 257  # 65535 / 255
 # Held while a PIL image object given in X is decoded (see decode_image).
 _PIL_OBJECTS_LOCK = threading.Lock()
@@ -258,18 +278,41 @@ class ImageCollection:
         view.min_side = min_side
         return view
 
-    @property
-    def decode_identity(self) -> str:
-        """How this collection decodes, for cache keys: see :func:`decode_identity`.
+    def content(self, index: int, content_hash) -> str | None:
+        """Identity of what sample ``index`` decodes to, for cache keys, found before decoding it.
 
-        ``"full"`` for in-memory samples, which always decode in full, so their
-        entries serve either way of decoding files.
+        Parameters
+        ----------
+        index : int
+        content_hash : callable
+            Maps a sample (an encoded file's ``bytes``, or the in-memory sample
+            itself) to its hash; see :func:`sktransfer._store.keys.content_hash`.
+
+        Returns
+        -------
+        content : str or None
+            ``content_hash`` of the sample, followed by ``"|decode="`` and
+            :func:`decode_identity` when it decodes reduced; a sample decoded in
+            full has its plain hash, whichever way the collection decodes, so
+            its entries serve both. The same as :meth:`load_with_content` gives
+            for the same bytes. None when the sample cannot be read (its
+            decode then says why).
         """
-        pixels = isinstance(self._items, np.ndarray) and self._items.dtype.kind not in "OUS"
-        encoded = not pixels and any(
-            isinstance(item, str | os.PathLike | bytes) for item in self._items
-        )
-        return decode_identity(self.min_side if encoded else None)
+        item = self._items[index]
+        if self.min_side is None or not isinstance(item, str | os.PathLike | bytes):
+            return content_hash(item)
+        try:
+            data = item if isinstance(item, bytes) else _read_file(Path(item))
+            with _decoding():
+                reduced = _draft(Image.open(io.BytesIO(data)), self.min_side)
+        except _BadImage:
+            return None
+        return self._decoded_content(content_hash(data), reduced)
+
+    def _decoded_content(self, digest: str | None, reduced: bool) -> str | None:
+        if digest is None or not reduced:
+            return digest
+        return f"{digest}|decode={decode_identity(self.min_side)}"
 
     def __getitem__(self, index: int):
         return self._items[index]
@@ -310,7 +353,8 @@ class ImageCollection:
         -------
         image : ndarray of shape (H, W, 3), dtype uint8
         content : str or None
-            ``content_hash`` of what was decoded; None without ``content_hash``.
+            :meth:`content` of what was decoded, and how; None without
+            ``content_hash``.
 
         Raises
         ------
@@ -321,10 +365,15 @@ class ImageCollection:
         try:
             if isinstance(item, str | os.PathLike):
                 item = _read_file(Path(item))
-            image = decode_image(item, self.min_side)
+            if isinstance(item, bytes):
+                image, reduced = _decode_encoded(item, self.min_side)
+            else:
+                image, reduced = decode_image(item), False
         except _BadImage as exc:
             raise InvalidImageError([ImageFailure(index, self.path(index), str(exc))]) from None
-        return image, None if content_hash is None else content_hash(item)
+        if content_hash is None:
+            return image, None
+        return image, self._decoded_content(content_hash(item), reduced)
 
 
 def _refuse_single_image(X) -> None:
@@ -367,12 +416,12 @@ def decode_image(item, min_side: int | None = None) -> np.ndarray:
     if isinstance(item, str | os.PathLike):
         return decode_image(_read_file(Path(item)), min_side)
     if isinstance(item, bytes):
-        return _pil_to_rgb(_open_encoded(item, min_side))
+        return _decode_encoded(item, min_side)[0]
     if isinstance(item, Image.Image):
         # A lazily opened image loads itself on first use, which PIL does not make
         # thread-safe; the same object may stand twice in X, decoded by two threads.
         with _PIL_OBJECTS_LOCK:
-            return _pil_to_rgb(_upright(item))
+            return _pil_to_rgb(_upright(_loaded(item)))
     if _is_tensor(item):
         array = item.detach().cpu().numpy()
         return _array_to_rgb(np.moveaxis(array, 0, -1) if array.ndim == 3 else array)
@@ -404,20 +453,40 @@ def _read_file(path: Path) -> bytes:
     return data
 
 
-def _open_encoded(data: bytes, min_side: int | None = None) -> Image.Image:
+def _decode_encoded(data: bytes, min_side: int | None) -> tuple[np.ndarray, bool]:
+    """An encoded file's RGB pixels, and whether they were decoded reduced."""
     if not data:
         raise _BadImage("is empty (0 bytes)")
+    with _decoding():
+        image = Image.open(io.BytesIO(data))
+        _check_pixel_count(image.size)
+        reduced = _draft(image, min_side)
+        image.load()
+    return _pil_to_rgb(_upright(image)), reduced
+
+
+def _draft(image: Image.Image, min_side: int | None) -> bool:
+    """Set an opened, unloaded file to decode reduced to ``min_side`` where it can; whether it will.
+
+    libjpeg's DCT scaling: the largest of 1/2, 1/4, 1/8 that keeps both sides
+    >= ``min_side`` (the shorter one decides). Not for CMYK, whose reduced
+    decode moved features below cosine 0.999 (``benchmarks/decode_scale.py``).
+    """
+    if min_side is None or image.format not in _DCT_SCALED_FORMATS or image.mode == "CMYK":
+        return False
+    size = image.size
+    image.draft(None, (min_side, min_side))
+    return image.size != size
+
+
+@contextlib.contextmanager
+def _decoding():
+    """Pillow's errors on a bad file, raised as this sample's problem."""
     try:
         with warnings.catch_warnings():
             # MAX_PIXELS is the limit; Pillow's own still applies when lower.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            _check_pixel_count(image.size)
-            if min_side is not None and image.format == "JPEG":
-                # libjpeg's DCT scaling: the largest of 1/2, 1/4, 1/8 that keeps
-                # both sides >= min_side (the shorter one decides); a no-op otherwise.
-                image.draft(None, (min_side, min_side))
-            image.load()
+            yield
     except _BadImage:
         raise
     except UnidentifiedImageError:
@@ -427,16 +496,59 @@ def _open_encoded(data: bytes, min_side: int | None = None) -> Image.Image:
             f"image is larger than Pillow's limit (PIL.Image.MAX_IMAGE_PIXELS = "
             f"{Image.MAX_IMAGE_PIXELS}); possible decompression bomb"
         ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:
         raise _BadImage(f"corrupt or truncated image: {exc}") from None
-    return _upright(image)
+
+
+def _loaded(image: Image.Image) -> Image.Image:
+    """A PIL image given in ``X``, its pixels read; a closed one is named as such."""
+    if is_closed(image):
+        raise _BadImage(_CLOSED)
+    with _decoding():
+        image.load()
+    return image
+
+
+def is_closed(image: Image.Image) -> bool:
+    """Whether a PIL image can no longer give its pixels.
+
+    ``Image.close()`` destroys them; leaving ``with Image.open(path) as image:``
+    closes the file, which loses them if they were never read.
+    """
+    if isinstance(image, ImageFile.ImageFile) and image.tile:
+        return image.fp is None  # not read yet: only its file can give the pixels
+    try:
+        image.load()  # read already, or made in memory: a no-op unless closed
+    except ValueError:  # "Operation on closed image"
+        return True
+    return False
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation of ``image``: 1 to 8, or 1 (as stored) when absent or invalid.
+
+    Raises
+    ------
+    ValueError
+        The EXIF block cannot be read; the message says so.
+    """
+    try:
+        value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception as exc:  # Pillow's EXIF parser raises many kinds on malformed tags
+        raise _BadImage(
+            f"malformed EXIF metadata, so its orientation is unknown ({type(exc).__name__}: {exc})"
+        ) from None
+    return value if isinstance(value, int) and value in _UPRIGHT else 1
 
 
 def _upright(image: Image.Image) -> Image.Image:
-    """The image as it is meant to be seen: its EXIF orientation applied."""
-    if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
-        return image
-    return ImageOps.exif_transpose(image)
+    """The image as it is meant to be seen: its EXIF orientation applied.
+
+    From the orientation alone: ``ImageOps.exif_transpose`` also rewrites the
+    EXIF block, which raises on malformed tags that reading them does not.
+    """
+    method = _UPRIGHT.get(exif_orientation(image))
+    return image if method is None else image.transpose(method)
 
 
 def _check_pixel_count(size: tuple[int, int]) -> None:
@@ -453,7 +565,9 @@ def _check_pixel_count(size: tuple[int, int]) -> None:
 
 def _pil_to_rgb(image: Image.Image) -> np.ndarray:
     _check_pixel_count(image.size)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if image.mode in _WIDE_MODES:
+        return _wide_to_rgb(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return _array_to_rgb(np.asarray(image))
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
         image.mode == "P" and "transparency" in image.info
@@ -462,6 +576,25 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
     if image.mode == "RGB":  # a JPEG photo: convert("RGB") would only copy its pixels first
         return np.asarray(image)
     return np.ascontiguousarray(np.asarray(image.convert("RGB")))
+
+
+def _wide_to_rgb(image: Image.Image) -> np.ndarray:
+    """A 32-bit image (TIFFs of measurements, depth, HDR), read as arrays of its dtype are."""
+    array = np.asarray(image)
+    kind, top = _WIDE_MODES[image.mode]
+    if not np.isfinite(array).all():
+        problem = "NaN or infinite values"
+    else:
+        low, high = array.min(), array.max()
+        if low >= 0 and high <= top:
+            return _array_to_rgb(array)
+        problem = f"values in [{low:g}, {high:g}]"
+    raise _BadImage(
+        f"is a {kind} image (PIL mode {image.mode!r}, {array.dtype}) with {problem}, but "
+        f"{kind} pixels are read as 0-{top}: rescale it, e.g. a = np.asarray(Image.open(path), "
+        "dtype=float) and pass (a - a.min()) / (a.max() - a.min()) in its place, or save "
+        "that times 255 as uint8 to an 8-bit file"
+    )
 
 
 def _array_to_rgb(array: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from .._input.images import EXIF_ORIENTATION
+from .._input.images import exif_orientation, is_closed
 
 # Bump when hashing or key layout changes, so older entries can never match.
 _CONTENT_VERSION = b"sktransfer-content-1\0"
@@ -70,7 +70,9 @@ def feature_key(model_key: str, content: str) -> str:
         precision; two functions that may give different features must have
         different keys.
     content : str
-        :func:`content_hash` of the image.
+        What was decoded, and how: :func:`content_hash` of the image,
+        followed by its decode when that was reduced
+        (:meth:`~sktransfer._input.images.ImageCollection.content`).
 
     Returns
     -------
@@ -128,13 +130,15 @@ def _hash_array(digest, kind: str, array: np.ndarray) -> None:
 
 
 def _hash_pil_image(digest, image) -> None:
+    if is_closed(image):
+        raise _NoContent
     try:
         pixels = image.tobytes()  # loads a lazily opened file first
+        orientation = exif_orientation(image)
     except (OSError, ValueError):
         raise _NoContent from None
     palette = image.getpalette(rawmode=None)
     header = (image.mode, image.size, image.info.get("transparency"), palette is not None)
-    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     if orientation != 1:  # decoding turns the image upright; unrotated images keep their keys
         header += (f"orientation={orientation}",)
     digest.update(f"pil\0{header!r}\0".encode())
