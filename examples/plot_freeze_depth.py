@@ -12,8 +12,10 @@ Here we measure it on real photos: scikit-image's ``lfw_subset``, 100 faces
 and 100 non-faces (25 x 25 grayscale crops). For each training-set size we
 fit three depths and score them on held-out images, over a few random splits:
 
-- ``freeze="backbone"``: only the head trains;
-- ``freeze=-3``: the last three stages (``block5``, ``block6``, ``head``)
+- ``freeze="backbone"``: only the new head trains (the layer fine-tuning
+  adds to classify the features);
+- ``freeze=-3``: the last three stages (``block5``, ``block6`` and the
+  ``head`` stage, EfficientNet's final convolution, which timm names so)
   train too;
 - ``freeze=0``: the whole network trains.
 
@@ -50,7 +52,7 @@ N_SPLITS = 3
 start = time.perf_counter()
 scores = {}
 for depth in DEPTHS:
-    # random_state seeds head initialisation, shuffling and dropout.
+    # random_state seeds the new head's initialisation, shuffling and dropout.
     clf = FineTuneClassifier(preprocessing=small, freeze=depth, max_epochs=5, random_state=0)
     for n in TRAIN_SIZES:
         splits = StratifiedShuffleSplit(

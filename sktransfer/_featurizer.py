@@ -38,6 +38,7 @@ from ._layers import (
 from ._store import resolve_store
 from ._store.disk import DiskStore
 from ._store.keys import content_hash, feature_key
+from ._versions import check_versions, record_versions
 
 
 @functools.lru_cache(maxsize=4)
@@ -411,6 +412,14 @@ class PretrainedFeaturizer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Ba
             # cannot see (a global, an opaque object): its network is never served.
             return _prepare(load_backbone(self.spec_), device)
         return _shared_backbone(self.spec_, device)
+
+    # A pickle holds no weights: the backbone is rebuilt from spec_ by the libraries
+    # installed where it is loaded, so it records theirs and warns when they differ.
+    def __getstate__(self):
+        return record_versions(super().__getstate__())
+
+    def __setstate__(self, state):
+        super().__setstate__(check_versions(state, type(self).__name__))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -24,6 +24,7 @@ RANKS = {
     "_store": 3,
     "_input": 4,
     "_weights": 4,
+    "_versions": 4,
 }
 
 

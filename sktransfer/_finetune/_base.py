@@ -27,6 +27,7 @@ from .._engines.device import autocast, resolve_device, resolve_precision
 from .._engines.torch import run_batches
 from .._input.images import ImageCollection, InvalidImageError
 from .._input.transforms import EvalView, eval_views
+from .._versions import check_versions, record_versions
 from ._callbacks import EpochProgress
 from ._decoded import DecodedImages
 from ._frozen import ActivationDataset, FrozenDatasetsMixin
@@ -453,7 +454,11 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
 
     # --- persistence and tags ---
 
+    def __getstate__(self):
+        return record_versions(super().__getstate__())
+
     def __setstate__(self, state):
+        check_versions(state, type(self).__name__)
         # skorch maps CUDA tensors to the CPU when the saved device is missing here;
         # it needs a concrete device for that, so "auto" is resolved on this machine.
         requested = state["device"]

@@ -28,18 +28,21 @@ preprocessing : Preprocessing, default=None
     module backbone, defaults to ImageNet's (224 px).""",
     "head": """\
 head : "linear" or tuple of int, default="linear"
-    A linear layer, or the hidden widths of a small MLP with ReLU.""",
+    The new head, which fine-tuning adds on the backbone's features: a
+    linear layer, or the hidden widths of a small MLP with ReLU. (Not the
+    stage that timm names ``head`` in EfficientNets, their final
+    convolution, which ``freeze`` counts like any stage.)""",
     "dropout": """\
 dropout : float, default=0.2
-    Dropout on the input of every linear layer of the head.""",
+    Dropout on the input of every linear layer of the new head.""",
     "freeze": """\
 freeze : "backbone" or int, default="backbone"
-    ``"backbone"``: only the head trains. An int k >= 0: the first k
+    ``"backbone"``: only the new head trains. An int k >= 0: the first k
     stages are frozen (0 trains everything). A negative int -k: all but
     the last k stages are frozen. ``stages_`` lists the stages.""",
     "warmup_epochs": """\
 warmup_epochs : int, default=0
-    Probe, then tune: first train only the head for this many epochs,
+    Probe, then tune: first train only the new head for this many epochs,
     with the whole backbone frozen (on cached features, so nearly
     free), then train the stages ``freeze`` leaves trainable with it for
     ``max_epochs``. A new head trained jointly with pretrained stages
@@ -50,7 +53,7 @@ warmup_epochs : int, default=0
     "backbone_lr_scale": """\
 backbone_lr_scale : float, default=0.1
     Learning rate of the trainable backbone stages relative to ``lr``,
-    the head's; pretrained weights need smaller steps than a new head.
+    the new head's; pretrained weights need smaller steps than a new head.
     The scale holds however the rate is set: ``lr`` or ``optimizer__lr``,
     before or after ``fit`` (then for ``warm_start`` fits and
     ``partial_fit``).""",

@@ -145,7 +145,7 @@ def cache_info(cache="memory") -> CacheInfo:
 
     Examples
     --------
-    >>> from sktransfer._store import cache_info, clear_cache
+    >>> from sktransfer import cache_info, clear_cache
     >>> clear_cache("memory")
     >>> cache_info("memory")
     CacheInfo(entries=0, nbytes=0)
