@@ -87,7 +87,7 @@ class FineTuneRegressor(FineTuneBase, NeuralNetRegressor):
     """
 
     # Under autocast the head would compute in bf16/fp16: 2-3 significant digits.
-    _autocast_head = False
+    _fp32_head = True
 
     def __init__(
         self,
