@@ -23,8 +23,9 @@ here, at ``freeze=-3`` and ``freeze=0``, and the frozen pass (featurizing) in
 images per second in both; with the CPU flags read. When "auto" is fp32 here
 and the CPU computes bf16 natively, bf16 is timed too, as the candidate "auto"
 did not take. Precisions alternate within each of ``--repeats`` rounds
-(medians), so the load other jobs put on the machine falls on all alike; the
-load average is printed. ``--only precision`` runs this part alone.
+(medians; the order alternates too), so the load other jobs put on the
+machine falls on all alike; the load average is printed after each.
+``--only precision`` runs this part alone.
 
 Run: ``python benchmarks/bench_finetune.py [--images 96] [--epochs 5]
 [--search-images 48] [--search-size 128] [--precision-images 64] [--repeats 3]
@@ -193,8 +194,9 @@ def precision_comparison(n_images: int, repeats: int, batch_size: int = 16):
     epochs = {(freeze, p): [] for freeze in (-3, 0) for p in precisions}
     frozen = {p: [] for p in precisions}
     loads = []
-    for _ in range(repeats):
-        for precision in precisions:
+    for round_ in range(repeats):
+        # Alternate the order too, so neither precision always runs first in a round.
+        for precision in precisions[:: 1 if round_ % 2 == 0 else -1]:
             featurizer = PretrainedFeaturizer(precision=precision, **common).fit(images[:2])
             start = time.perf_counter()
             featurizer.transform(images)
@@ -211,6 +213,14 @@ def precision_comparison(n_images: int, repeats: int, batch_size: int = 16):
                 # An epoch is the training alone: with freeze=-3 the frozen stages ran before it.
                 epochs[freeze, precision].append(1 / clf.history[-1, "dur"])
             loads.append(os.getloadavg()[0])
+            print(
+                f"round {round_ + 1} {precision}: epochs/s "
+                f"{epochs[-3, precision][-1]:.3f} (freeze=-3), "
+                f"{epochs[0, precision][-1]:.3f} (freeze=0); frozen pass "
+                f"{frozen[precision][-1]:.1f} img/s; load average {loads[-1]:.1f}",
+                flush=True,
+            )
+    print()
     headers = [f"{p} (auto)" if p == auto else p for p in precisions]
     print(f"{'':32}" + "".join(f"{header:>12}" for header in headers) + f"{'ratio':>10}")
     rows = [
@@ -223,7 +233,6 @@ def precision_comparison(n_images: int, repeats: int, batch_size: int = 16):
         ratio = "" if len(precisions) == 1 else f"{medians[precisions[-1]] / medians['fp32']:9.2f}x"
         cells = "".join(f"{medians[p]:12.3f}" for p in precisions)
         print(f"{name:32}{cells}{ratio:>10}")
-    print(f"\nload average (1 min) after each round: {', '.join(f'{x:.1f}' for x in loads)}")
 
 
 def main():

@@ -16,6 +16,7 @@ sample). All on EfficientNet-Lite0 at its own 224 px preprocessing, no cache.
   64, as ``quality_finetune.py`` does, is 12 times cheaper).
 
 Run: ``python benchmarks/quality_precision.py [--parts features finetune]
+[--sets textures faces Fashion-MNIST]
 [--fashion 1000] [--epochs 5] [--test-fraction 0.5] [--finetune-size 224]
 [--precision bf16]``.
 """
@@ -88,6 +89,7 @@ def fine_tune_accuracy(sets, low: str, epochs: int, test_fraction: float, batch_
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", nargs="+", default=["features", "finetune"])
+    parser.add_argument("--sets", nargs="+", default=["textures", "faces", "Fashion-MNIST"])
     parser.add_argument("--fashion", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--test-fraction", type=float, default=0.5)
@@ -101,7 +103,7 @@ def main():
     print(f"CPU flags read: {flags or 'none'}; native: {native or 'none'}")
     print(f"load average at start: {os.getloadavg()[0]:.1f}\n")
     low = args.precision
-    sets = real_sets(args.fashion)
+    sets = [entry for entry in real_sets(args.fashion) if entry[0] in args.sets]
     if "finetune" in args.parts:
         fine_tune_accuracy(
             sets, low, args.epochs, args.test_fraction, args.batch_size, args.finetune_size
