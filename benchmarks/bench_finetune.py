@@ -17,13 +17,26 @@ images through the backbone's first stage (a forward hook) and times the
 search, against the same search over plain skorch with ``Freezer`` callbacks,
 which recomputes the frozen stages in every batch, fold and setting.
 
+Third part, precision: fine-tune epochs per second at 224 px (``--precision-images``
+real photos, batch 16) in fp32 and in what ``precision="auto"`` resolves to
+here, at ``freeze=-3`` and ``freeze=0``, and the frozen pass (featurizing) in
+images per second in both; with the CPU flags read. When "auto" is fp32 here
+and the CPU computes bf16 natively, bf16 is timed too, as the candidate "auto"
+did not take. Precisions alternate within each of ``--repeats`` rounds
+(medians; the order alternates too), so the load other jobs put on the
+machine falls on all alike; the load average is printed after each.
+``--only precision`` runs this part alone.
+
 Run: ``python benchmarks/bench_finetune.py [--images 96] [--epochs 5]
-[--search-images 48] [--search-size 128]``.
+[--search-images 48] [--search-size 128] [--precision-images 64] [--repeats 3]
+[--only {epochs,search,precision}]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import time
 
 import numpy as np
@@ -33,7 +46,13 @@ from skorch import NeuralNetClassifier
 from skorch.callbacks import Freezer
 from torch import nn
 
-from sktransfer import get_backbone_spec, load_backbone
+from sktransfer import PretrainedFeaturizer, get_backbone_spec, load_backbone
+from sktransfer._engines.device import (
+    cpu_flags,
+    cpu_native_dtypes,
+    precision_name,
+    resolve_precision,
+)
 from sktransfer._finetune import FineTuneClassifier
 
 
@@ -155,6 +174,67 @@ def search_comparison(n_images: int, size: int, epochs: int, batch_size: int):
     )
 
 
+def precision_comparison(n_images: int, repeats: int, batch_size: int = 16):
+    """Epochs/s of fine-tuning and img/s of the frozen pass, fp32 against "auto" (and bf16)."""
+    from _common import PHOTOS, real_photos
+
+    images = np.stack(real_photos(n_images))
+    labels = np.array([PHOTOS[i % len(PHOTOS)] for i in range(n_images)])
+    auto = precision_name(resolve_precision("auto", torch.device("cpu")))
+    precisions = ["fp32"] if auto == "fp32" else ["fp32", auto]
+    if auto == "fp32" and torch.bfloat16 in cpu_native_dtypes():
+        precisions.append("bf16")
+    flags = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16", "avx2"})
+    print(
+        f"\nPrecision: {n_images} photos at 224 px, batch {batch_size}, {repeats} rounds "
+        f"(medians), {torch.get_num_threads()} threads\nCPU flags read: {flags}; "
+        f'precision="auto" resolves to {auto} here\n'
+    )
+    common = dict(batch_size=batch_size, cache=None, progress=False, device="cpu")
+    epochs = {(freeze, p): [] for freeze in (-3, 0) for p in precisions}
+    frozen = {p: [] for p in precisions}
+    loads = []
+    for round_ in range(repeats):
+        # Alternate the order too, so neither precision always runs first in a round.
+        for precision in precisions[:: 1 if round_ % 2 == 0 else -1]:
+            featurizer = PretrainedFeaturizer(precision=precision, **common).fit(images[:2])
+            start = time.perf_counter()
+            featurizer.transform(images)
+            frozen[precision].append(n_images / (time.perf_counter() - start))
+            for freeze in (-3, 0):
+                clf = FineTuneClassifier(
+                    freeze=freeze,
+                    precision=precision,
+                    max_epochs=1,
+                    train_split=None,
+                    random_state=0,
+                    **common,
+                ).fit(images, labels)
+                # An epoch is the training alone: with freeze=-3 the frozen stages ran before it.
+                epochs[freeze, precision].append(1 / clf.history[-1, "dur"])
+            loads.append(os.getloadavg()[0])
+            print(
+                f"round {round_ + 1} {precision}: epochs/s "
+                f"{epochs[-3, precision][-1]:.3f} (freeze=-3), "
+                f"{epochs[0, precision][-1]:.3f} (freeze=0); frozen pass "
+                f"{frozen[precision][-1]:.1f} img/s; load average {loads[-1]:.1f}",
+                flush=True,
+            )
+    print()
+    headers = [f"{p} (auto)" if p == auto else p for p in precisions]
+    print(f"{'':32}" + "".join(f"{header:>12}" for header in headers) + f"{'ratio':>10}")
+    rows = [
+        (f"fine-tune epochs/s, freeze={freeze}", {p: epochs[freeze, p] for p in precisions})
+        for freeze in (-3, 0)
+    ]
+    rows.append(("frozen pass img/s", frozen))
+    for name, values in rows:
+        medians = {p: statistics.median(v) for p, v in values.items()}
+        ratio = "" if len(precisions) == 1 else f"{medians[precisions[-1]] / medians['fp32']:9.2f}x"
+        cells = "".join(f"{medians[p]:12.3f}" for p in precisions)
+        print(f"{name:32}{cells}{ratio:>10}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=96)
@@ -162,10 +242,15 @@ def main():
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--search-images", type=int, default=48)
     parser.add_argument("--search-size", type=int, default=128)
-    parser.add_argument("--skip-epochs", action="store_true", help="only run the search part")
+    parser.add_argument("--precision-images", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=["epochs", "search", "precision"])
     args = parser.parse_args()
-    if args.skip_epochs:
+    if args.only == "search":
         search_comparison(args.search_images, args.search_size, args.epochs, args.batch_size)
+        return
+    if args.only == "precision":
+        precision_comparison(args.precision_images, args.repeats)
         return
 
     torch.manual_seed(0)
@@ -216,7 +301,10 @@ def main():
     )
     print(f"\nepoch-time ratio (skorch + Freezer / cached): {baseline_epoch / cached_epoch:.0f}x")
     print(f"fit-time ratio for {args.epochs} epochs: {baseline_fit / cached_fit:.1f}x")
+    if args.only == "epochs":
+        return
     search_comparison(args.search_images, args.search_size, args.epochs, args.batch_size)
+    precision_comparison(args.precision_images, args.repeats)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from sktransfer._engines import device as _device
 from sktransfer._engines.device import cpu_flags, cpu_native_dtypes, resolve_precision
@@ -80,3 +82,61 @@ def test_the_featurizer_warns_on_emulated_bf16(cpu_supports, tiny_backbone, smal
     ).fit(small_images[:2])
     with pytest.warns(UserWarning, match="no native bf16"):
         featurizer.transform(small_images[:2])
+
+
+@pytest.fixture
+def auto_bf16_on_native_cpu(monkeypatch):
+    """The other outcome of the measurement "auto" is decided by, whichever was taken."""
+
+    def decide(value):
+        monkeypatch.setattr(_device, "AUTO_BF16_ON_NATIVE_CPU", value)
+
+    return decide
+
+
+@pytest.mark.parametrize("decided", [False, True])
+@pytest.mark.parametrize("native", [(), (torch.bfloat16,)])
+def test_auto_is_bf16_only_on_a_native_cpu_and_only_if_measured_so(
+    cpu_supports, auto_bf16_on_native_cpu, decided, native
+):
+    cpu_supports(*native)
+    auto_bf16_on_native_cpu(decided)
+    expected = torch.bfloat16 if decided and native else torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # never the emulation warning
+        assert resolve_precision("auto", CPU) == expected
+
+
+def test_an_auto_featurizer_shares_rows_with_its_resolved_precision_only(
+    cpu_supports, auto_bf16_on_native_cpu, small_images, tmp_path
+):
+    from sktransfer import PretrainedFeaturizer
+
+    from ._helpers import CountingStage
+    from .conftest import TINY_PREPROCESSING, make_tiny_backbone
+
+    cpu_supports(torch.bfloat16)
+    auto_bf16_on_native_cpu(True)
+    backbone = nn.Sequential(CountingStage(), *make_tiny_backbone())
+
+    def computed(precision):
+        featurizer = PretrainedFeaturizer(
+            backbone,
+            preprocessing=TINY_PREPROCESSING,
+            precision=precision,
+            cache=tmp_path,
+            progress=False,
+        )
+        featurizer.fit(small_images)
+        CountingStage.images_seen = 0
+        features = featurizer.transform(small_images)
+        return CountingStage.images_seen, features
+
+    seen, auto = computed("auto")
+    assert seen == len(small_images)
+    seen, bf16 = computed("bf16")
+    assert seen == 0  # "auto" stored them as the bf16 rows they are
+    np.testing.assert_array_equal(bf16, auto)
+    seen, fp32 = computed("fp32")
+    assert seen == len(small_images)  # never served bf16 rows as fp32 ones
+    assert not np.array_equal(fp32, auto)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import warnings
 from pathlib import Path
@@ -17,6 +16,13 @@ _NATIVE_FLAGS = {
     torch.bfloat16: {"avx512_bf16", "amx_bf16", "bf16"},  # x86; "bf16" is Arm's FEAT_BF16
     torch.float16: {"avx512_fp16", "amx_fp16", "asimdhp"},  # x86; "asimdhp" is Arm's FP16 SIMD
 }
+
+#: Whether ``precision="auto"`` is bf16 on CPUs that compute it natively. Decided by
+#: measurement (benchmarks/quality_precision.py and bench_finetune.py; the table is in
+#: the user guide's "Engines and precision"): on an amx_bf16 CPU, bf16 features kept a
+#: median cosine of only 0.996-0.998 to fp32's on three real-photo sets (0.999 needed),
+#: and fine-tuning ran 0.65-0.73x as fast as in fp32.
+AUTO_BF16_ON_NATIVE_CPU = False
 
 _warned: set[torch.dtype] = set()
 
@@ -97,8 +103,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """Return the compute dtype; ``"auto"`` picks only what runs fast and accurately.
 
     ``"auto"`` is bf16 on CUDA GPUs that compute it natively, fp16 on older
-    ones, and fp32 elsewhere: on CPU, reduced precision changes the features
-    slightly, and without native support it is much slower. An explicit
+    ones; on CPUs with native bf16 it is what ``AUTO_BF16_ON_NATIVE_CPU``
+    says, and fp32 on every other CPU, where bf16 is emulated and much slower. An explicit
     ``"bf16"``/``"fp16"`` that the hardware would emulate is honoured, with
     a warning (once per process) saying why it is slow.
     """
@@ -106,6 +112,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
         if device.type == "cuda":
             native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
             return torch.bfloat16 if native_bf16 else torch.float16
+        if device.type == "cpu" and AUTO_BF16_ON_NATIVE_CPU:
+            return torch.bfloat16 if torch.bfloat16 in cpu_native_dtypes() else torch.float32
         return torch.float32
     dtype = _PRECISIONS[precision]
     if not _native(dtype, device) and dtype not in _warned:
@@ -115,10 +123,23 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
-    """Autocast context for reduced precision, or a no-op for fp32."""
+    """Autocast context computing in ``dtype``; for fp32, autocast off, even inside another."""
     if dtype == torch.float32:
-        return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, enabled=False)
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, state: dict | None = None) -> torch.amp.GradScaler:
+    """A GradScaler for fp16 training on ``device``, continuing from ``state`` when given.
+
+    fp16 underflows to zero below 6e-8, where small gradients fall; the scaler
+    multiplies the loss before backward and divides the gradients after, skipping
+    steps whose gradients overflowed. bf16 has float32's range and needs none.
+    """
+    scaler = torch.amp.GradScaler(device.type)
+    if state is not None:
+        scaler.load_state_dict(state)
+    return scaler
 
 
 def precision_name(dtype: torch.dtype) -> str:

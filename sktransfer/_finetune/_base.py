@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 from skorch import NeuralNet
-from skorch.utils import to_numpy
+from skorch.dataset import unpack_data
+from skorch.utils import TeeGenerator, to_numpy
 from torch import nn
 
 from .._backbones import load_backbone, resolve_spec
-from .._engines.device import autocast, resolve_device, resolve_precision
+from .._engines.device import grad_scaler, resolve_device, resolve_precision
 from .._engines.torch import run_batches
 from .._input.images import ImageCollection, InvalidImageError
 from .._input.transforms import EvalView, eval_views
@@ -161,11 +162,12 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
         return torch.device("cpu") if self.device is None else torch.device(self.device)
 
     def _compute_dtype(self) -> torch.dtype:
-        """The frozen stages' dtype: ``precision`` for ``engine``, on this device.
+        """The network's dtype: ``precision`` for ``engine``, on this device.
 
         Resolved at every use and set on the network, so the frozen stages run
-        in the precision their stored outputs are keyed by: one set after
-        ``fit``, or what ``"auto"`` means where a pickled model is loaded.
+        in the precision their stored outputs are keyed by, and the trainable
+        ones train in it: one set after ``fit``, or what ``"auto"`` means
+        where a pickled model is loaded.
         """
         if self.engine == "onnxruntime":
             dtype = torch.float32
@@ -175,13 +177,8 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
             self.module_.precision = dtype
         return dtype
 
-    #: Whether prediction runs the trainable stages and the head under the
-    #: precision's autocast too; else only the frozen stages do (see FineTuneNetwork).
-    _autocast_head = True
-
-    def _predict_dtype(self) -> torch.dtype:
-        dtype = self._compute_dtype()  # the frozen stages run in it whatever the head does
-        return dtype if self._autocast_head else torch.float32
+    #: Whether the head computes in float32 whatever ``precision`` is (see FineTuneNetwork).
+    _fp32_head = False
 
     def initialize_module(self):
         """Build the network: pretrained backbone, frozen prefix and a new head."""
@@ -198,7 +195,10 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
             n_frozen,
             precision=self._compute_dtype(),
             pool=backbone.pool,
+            fp32_head=self._fp32_head,
         ).to(memory_format=torch.channels_last)
+        # A new network starts with a new loss scale (fp16 training).
+        self.grad_scaler_ = None
         self.spec_ = spec
         self.stages_ = spec.stages
         self.frozen_stages_ = spec.stages[:n_frozen]
@@ -378,7 +378,10 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         """skorch's loop, after ``warmup_epochs`` of training the head alone."""
-        self._compute_dtype()  # trains in the current precision
+        if self._compute_dtype() == torch.float16:  # trains in the current precision
+            # The loss scale learnt so far carries on, on this fit's device.
+            state = None if self.grad_scaler_ is None else self.grad_scaler_.state_dict()
+            self.grad_scaler_ = grad_scaler(self._torch_device(), state)
         warmup = self._warmup_epochs_pending()
         self._warmup_pending = False
         try:
@@ -405,17 +408,55 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
             self._callback_stop = stop
             raise
 
+    def _loss_scaler(self):
+        """The GradScaler while training in fp16, else None (bf16 and fp32 need none)."""
+        return self.grad_scaler_ if self.module_.precision == torch.float16 else None
+
+    def train_step_single(self, batch, **fit_params):
+        """skorch's step, with the loss scaled before backward when training in fp16."""
+        scaler = self._loss_scaler()
+        if scaler is None:
+            return super().train_step_single(batch, **fit_params)
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        y_pred = self.infer(Xi, **fit_params)
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        scaler.scale(loss).backward()
+        return {"loss": loss, "y_pred": y_pred}
+
+    def train_step(self, batch, **fit_params):
+        """skorch's step; in fp16, the GradScaler's (which takes no closure) instead."""
+        scaler = self._loss_scaler()
+        if scaler is None:
+            return super().train_step(batch, **fit_params)
+        self._zero_grad_optimizer()
+        step = self.train_step_single(batch, **fit_params)
+        optimizers = [getattr(self, name + "_") for name in self._optimizers]
+        for optimizer in optimizers:
+            scaler.unscale_(optimizer)
+        # Callbacks (gradient clipping, norms) see the true gradients.
+        self.notify(
+            "on_grad_computed",
+            named_parameters=TeeGenerator(self.get_all_learnable_params()),
+            batch=batch,
+            training=True,
+        )
+        for optimizer in optimizers:
+            scaler.step(optimizer)  # skipped when a gradient overflowed
+        scaler.update()
+        return step
+
     def infer(self, x, **fit_params):
         # fit_params belong to train_split (see fit): the network takes no extra inputs.
-        if torch.is_grad_enabled():
-            return super().infer(x)
-        with autocast(self._torch_device(), self._predict_dtype()):
-            return super().infer(x).float()
+        if not torch.is_grad_enabled():
+            self._compute_dtype()  # a precision set after fit applies to prediction
+        return super().infer(x)
 
     # --- prediction ---
 
     def _predict_views(self, X, nonlinearity) -> np.ndarray:
         """``nonlinearity`` of the network's outputs, averaged over the views of ``tta``."""
+        self._compute_dtype()  # a precision set after fit applies to prediction
         images = self._decoded_images(X)  # each image decoded once for all the views
         views = eval_views(self.spec_.preprocessing, self.tta)
         total = 0
@@ -437,7 +478,6 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
             transform=view,
             batch_size=self.batch_size,
             device=self._torch_device(),
-            dtype=self._predict_dtype(),
             num_workers=self.get_params_for("iterator_valid").get("num_workers", 0),
             progress="predicting" if self.progress else None,
         )

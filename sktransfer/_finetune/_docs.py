@@ -75,12 +75,15 @@ decode : {"fast", "full"}, default="fast"
     and the folds of a search decode nothing. Part of the cache key.""",
     "precision": """\
 precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
-    Compute precision of the frozen stages and of prediction, as the
-    featurizer's: ``"auto"`` is bf16 (or fp16) autocast on CUDA and fp32
-    on CPU. Trainable stages and the head train in float32. Set after
-    ``fit``, it applies from the next ``predict`` or ``fit``; a pickled
-    ``"auto"`` model computes in what ``"auto"`` means where it is
-    loaded (fp32 on a CPU).""",
+    Compute precision, as the featurizer's: ``"auto"`` is bf16 (or fp16)
+    autocast on CUDA and fp32 on CPU. Every stage computes in it, frozen
+    or trained, in ``fit`` as in prediction (mixed precision: weights,
+    gradients, the optimizer's state and the loss stay float32); fp16
+    training scales the loss with a ``torch.amp.GradScaler``, kept in
+    ``grad_scaler_`` across ``warm_start`` fits, ``partial_fit`` and
+    pickling. Set after ``fit``, it applies from the next ``predict`` or
+    ``fit``; a pickled ``"auto"`` model computes in what ``"auto"`` means
+    where it is loaded (fp32 on a CPU).""",
     "engine": """\
 engine : {"torch", "onnxruntime"}, default="torch"
     What computes the frozen stages' outputs when they are computed once
@@ -160,7 +163,10 @@ module_ : FineTuneNetwork
     The network: ``stages`` (the backbone's) and ``head``.
 history_ : skorch.History
     Losses and scores per epoch and batch; the first ``warmup_epochs``
-    rows are the head-only epochs."""
+    rows are the head-only epochs.
+grad_scaler_ : torch.amp.GradScaler or None
+    The loss scale of fp16 training, carried on by later fits of the same
+    network; None until the network trains in fp16."""
 
 
 def compose_doc(**own_parameters):

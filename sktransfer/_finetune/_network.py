@@ -37,10 +37,14 @@ class FineTuneNetwork(nn.Module):
         network trains, so BatchNorm keeps its running statistics and
         dropout stays off.
     precision : torch.dtype, default=torch.float32
-        Compute dtype of the frozen stages (autocast when not float32).
+        Compute dtype (autocast when not float32) of every stage, in training
+        as in prediction, and of the head unless ``fp32_head``. Parameters,
+        gradients and the optimizer's state stay float32; outputs are float32.
     pool : nn.Module, default=None
         The backbone's pooling (``Backbone.pool``), frozen with the last
         stage; None: global average pooling.
+    fp32_head : bool, default=False
+        Compute the head in float32 whatever ``precision`` is.
     """
 
     def __init__(
@@ -50,12 +54,14 @@ class FineTuneNetwork(nn.Module):
         n_frozen: int,
         precision: torch.dtype = torch.float32,
         pool: nn.Module | None = None,
+        fp32_head: bool = False,
     ):
         super().__init__()
         self.stages = stages
         self.pool = pool if pool is not None else GlobalAveragePool()
         self.head = head
         self.precision = precision
+        self.fp32_head = fp32_head
         self.set_frozen(n_frozen)
 
     def set_frozen(self, n_frozen: int) -> None:
@@ -92,10 +98,15 @@ class FineTuneNetwork(nn.Module):
         return x.float()
 
     def forward_trainable(self, activations: torch.Tensor) -> torch.Tensor:
-        """Logits from the output of :meth:`forward_frozen`."""
-        if self.n_frozen == len(self.stages):
-            return self.head(activations)
-        return self.head(self.pool(self.trainable_stages(_channels_last(activations))))
+        """Logits (float32) from the output of :meth:`forward_frozen`, under autocast."""
+        x = activations
+        with autocast(x.device, self.precision):
+            if self.n_frozen < len(self.stages):
+                x = self.pool(self.trainable_stages(_channels_last(x)))
+            if not self.fp32_head:
+                return self.head(x).float()
+        with autocast(x.device, torch.float32):
+            return self.head(x.float())
 
     def forward(self, images=None, activations=None):
         """Logits from preprocessed ``images``, or from frozen-stage ``activations``."""

@@ -51,8 +51,8 @@ class FineTuneRegressor(FineTuneBase, NeuralNetRegressor):
     feature store ``cache``, under the same keys as
     :class:`FineTuneClassifier`'s and (with ``freeze="backbone"``)
     :class:`PretrainedFeaturizer`'s, so a search over ``freeze`` and ``lr``
-    runs each frozen depth once per image. Prediction autocasts only the
-    frozen stages to ``precision``; the head's outputs are float32.
+    runs each frozen depth once per image. The backbone's stages compute in
+    ``precision``, in training and prediction; the head always in float32.
 
     Parameters
     ----------
@@ -87,7 +87,7 @@ class FineTuneRegressor(FineTuneBase, NeuralNetRegressor):
     """
 
     # Under autocast the head would compute in bf16/fp16: 2-3 significant digits.
-    _autocast_head = False
+    _fp32_head = True
 
     def __init__(
         self,
