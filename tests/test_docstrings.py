@@ -13,11 +13,17 @@ from numpydoc.docscrape import NumpyDocString
 
 import sktransfer
 import sktransfer.datasets
+import sktransfer.inspection
 
 
 def public_names():
-    """``sktransfer.__all__`` and the functions ``sktransfer.datasets`` defines."""
+    """``sktransfer.__all__``, ``sktransfer.inspection.__all__`` and the functions
+    ``sktransfer.datasets`` defines."""
     names = [(f"sktransfer.{name}", getattr(sktransfer, name)) for name in sktransfer.__all__]
+    names += [
+        (f"sktransfer.inspection.{name}", getattr(sktransfer.inspection, name))
+        for name in sktransfer.inspection.__all__
+    ]
     names += [
         (f"sktransfer.datasets.{name}", value)
         for name, value in vars(sktransfer.datasets).items()
