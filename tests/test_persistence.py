@@ -5,6 +5,7 @@ from a seed, or a weights file) on 32 px images, so a pickle's size tells
 whether the network's weights are inside it.
 """
 
+import copy
 import pickle
 import warnings
 
@@ -259,3 +260,19 @@ class TestLibraryVersions:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             pickle.loads(blob)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_a_pickle_from_before_mixed_precision_training_predicts_the_same(kind, data):
+    # Such a pickle had no version record, no loss scale and no fp32_head on its network.
+    estimator = fitted(kind, data)
+    old = copy.deepcopy(estimator)
+    del old.module_.fp32_head, old.grad_scaler_
+    state = old.__getstate__()
+    del state[_versions.STATE_KEY]
+    loaded = object.__new__(type(estimator))
+    with pytest.warns(_versions.LibraryVersionWarning, match="without a record"):
+        loaded.__setstate__(state)
+    assert loaded.grad_scaler_ is None
+    assert loaded.module_.fp32_head is (kind == "regressor")
+    np.testing.assert_array_equal(predictions(loaded, data[0]), predictions(estimator, data[0]))

@@ -507,6 +507,12 @@ class FineTuneBase(FrozenDatasetsMixin, NeuralNet):
         super().__setstate__(state)
         if requested == "auto":
             self.__dict__["device"] = "auto"
+        # Fitted before mixed-precision training: no loss scale yet, and the regressor's
+        # head computed in float32 by its class, as fp32_head now says.
+        self.__dict__.setdefault("grad_scaler_", None)
+        module = self.__dict__.get("module_")
+        if module is not None and not hasattr(module, "fp32_head"):
+            module.fp32_head = self._fp32_head
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
